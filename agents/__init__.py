@@ -1,0 +1,3 @@
+"""Embedding engramma in agent loops (not yet built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,9 @@
+"""engramma: a memory that learns, for long-running agents."""
+from engramma.errors import EngrammaError, InvalidItem, ItemNotFound, StoreBusy, StoreError
+from engramma.memory import Hit, Item, Kind, Memory, Probe, Record
+
+__all__ = [
+    "EngrammaError", "Hit", "InvalidItem", "Item", "ItemNotFound", "Kind", "Memory", "Probe", "Record",
+    "StoreBusy", "StoreError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,400 @@
+"""`Memory`: observe, recall, forget and inspect one store folder.
+
+Layout of a store folder:
+    engramma.duckdb      the truth: items (with their decisions), events, queue, adapters, lineage
+    index/checkpoint.bin the FAISS view at some event seq (a cache: deleting it costs a rebuild)
+    adapters/            LoRA adapter versions (filled by consolidation)
+    .head                the newest event seq any process wrote, so readers notice others' writes cheaply
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from engramma.errors import InvalidItem, ItemNotFound, StoreError
+from engramma.memory.embed import DEFAULT_EMBEDDER, Embedder, SentenceEmbedder
+from engramma.memory.index import IVF_THRESHOLD
+from engramma.memory.store import DB_FILE, EVENTS_SCHEMA, Store, insert, items_schema, scalar
+from engramma.memory.types import Hit, Item, Probe, Record, Stats, check_scope
+from engramma.memory.view import CheckpointUnusable, IndexView
+from engramma.policies import INDEX_EVERYTHING, Decision, Policy, Route, Signals, decide
+
+CHECKPOINT = Path("index") / "checkpoint.bin"
+KNOWN_DIMS = {DEFAULT_EMBEDDER: 384}  # lets a new store be created without loading the model
+
+ITEM_COLUMNS = ("id, kind, scope, text, source, key, prompt, response, probe_question, probe_answer, meta, ts")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    max_text_chars: int = 32_000
+    shared_scopes: tuple[str, ...] = ("global",)  # visible from every recall, whatever scope is asked
+    busy_timeout: float = 30.0  # seconds to wait for another process's transaction before StoreBusy
+    checkpoint_every: int = 10_000  # events between index checkpoints (and one at close)
+    ivf_threshold: int = IVF_THRESHOLD
+
+
+def _item_from_row(row: tuple) -> tuple[int, Item]:
+    item_id, kind, scope, text, source, key, prompt, response, pq, pa_, meta, ts = row
+    item = Item(text=text, kind=kind, scope=scope, source=source, key=key, prompt=prompt, response=response,
+                probe=Probe(pq, pa_) if pq is not None else None, meta=json.loads(meta) if meta else {},
+                ts=ts.replace(tzinfo=timezone.utc))
+    return int(item_id), item
+
+
+def naive_utc(ts: datetime) -> datetime:
+    return ts.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+class Memory:
+    """One store folder, opened by `Memory.open(path)`. Safe to share between threads and processes."""
+
+    def __init__(self, folder: Path, store: Store, embedder: Embedder, config: MemoryConfig,
+                 policy: Policy = INDEX_EVERYTHING):
+        self.folder = folder
+        self.store = store
+        self.embedder = embedder
+        self.config = config
+        self.policy = policy
+        self.view = IndexView(0, embedder.name, ivf_threshold=config.ivf_threshold)
+        self._head_fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
+        self._seen_head = -1
+        self._checkpoint_seq = 0
+        self._next_id = 1  # ids are assigned under the write lock, after syncing with other writers
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, embedder: str | Embedder | None = None,
+             config: MemoryConfig | None = None) -> Memory:
+        """Open the store folder at `path`, creating it if needed. The embedder defaults to the store's own."""
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder}: exists and is not a folder")
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / DB_FILE).exists():
+            raise StoreError(f"{folder}: is a folder with other files in it, not an engramma store")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapters").mkdir(exist_ok=True)
+        config = config or MemoryConfig()
+        store = Store(folder, busy_timeout=config.busy_timeout)
+        try:
+            with store.transaction() as con:
+                exists = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
+                stored_embedder = scalar(con, "SELECT value FROM meta WHERE key = 'embedder'") if exists else None
+            if isinstance(embedder, str) or embedder is None:
+                name = embedder or stored_embedder or DEFAULT_EMBEDDER
+                embedder = SentenceEmbedder(name)
+            if stored_embedder is not None and embedder.name != stored_embedder:
+                raise StoreError(
+                    f"{folder}: built with embedder {stored_embedder!r}, not {embedder.name!r}; open it without "
+                    "naming an embedder, or ingest into a new store"
+                )
+            dim = KNOWN_DIMS.get(embedder.name) or embedder.dim
+            memory = cls(folder, store, embedder, config)
+            with store.transaction() as con:
+                meta = store.ensure_schema(con, dim=dim, embedder=embedder.name)
+                memory.view = IndexView(int(meta["dim"]), embedder.name, ivf_threshold=config.ivf_threshold)
+                memory._items_schema = items_schema(int(meta["dim"]))
+                memory._load_view(con)
+            return memory
+        except BaseException:
+            store.close()
+            raise
+
+    # -- the view -----------------------------------------------------------------------------------------
+
+    def _read_head(self) -> int:
+        data = os.pread(self._head_fd, 8, 0)
+        return struct.unpack("<q", data)[0] if len(data) == 8 else 0
+
+    def _write_head(self, seq: int) -> None:
+        os.pwrite(self._head_fd, struct.pack("<q", seq), 0)
+
+    def _load_view(self, con) -> None:
+        """Load every indexed item, take vectors from the checkpoint, reconcile what changed since."""
+        head = self._read_head()
+        db_seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
+        rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE in_index").fetchall()
+        view = self.view
+        view.items = dict(_item_from_row(r) for r in rows)
+        try:
+            view.load_vectors(self.folder / CHECKPOINT)
+            if view.seq > db_seq:
+                raise CheckpointUnusable("newer than the store")
+            self._checkpoint_seq = view.seq
+            # The checkpoint is right for every item no event touched since; redo the touched ones.
+            touched = self._touched_since(con, view.seq)
+            view.drop_vectors(touched)
+            self._index_from_db(con, [i for i in touched if i in view.items])
+            if view.vector_count() != len(view.items):
+                raise CheckpointUnusable("disagrees with the store")
+        except CheckpointUnusable:
+            view.indexes = {}
+            self._index_from_db(con, list(view.items))
+        view.seq = db_seq
+        self._next_id = scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
+        self._seen_head = head
+
+    @staticmethod
+    def _touched_since(con, seq: int) -> list[int]:
+        return [r[0] for r in con.execute(
+            "SELECT DISTINCT item_id FROM events WHERE seq > ? AND item_id IS NOT NULL", [seq]).fetchall()]
+
+    def _index_from_db(self, con, ids: list[int]) -> None:
+        """Read the stored vectors of `ids` and index them (chunked: at 1M items they are 1.5 GB)."""
+        for start in range(0, len(ids), 50_000):
+            table = con.execute("SELECT id, scope, vector FROM items WHERE id IN (SELECT unnest(?))",
+                                [ids[start:start + 50_000]]).to_arrow_table()
+            vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32)
+            self.view.index_vectors(table.column("id").to_pylist(), table.column("scope").to_pylist(),
+                                    vectors.reshape(-1, self.view.dim))
+
+    def _sync(self, con) -> None:
+        """Bring the view up to the store's newest event (other processes' writes)."""
+        head = self._read_head()
+        db_seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
+        if db_seq > self.view.seq:
+            touched = self._touched_since(con, self.view.seq)
+            rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE in_index AND id IN (SELECT unnest(?))",
+                               [touched]).fetchall()
+            present = dict(_item_from_row(r) for r in rows)
+            self.view.remove([i for i in touched if i not in present])
+            new = [i for i in present if i not in self.view.items]
+            self.view.items.update((i, present[i]) for i in new)
+            self._index_from_db(con, new)
+            self.view.seq = db_seq
+            self._next_id = scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
+        self._seen_head = head
+
+    def _sync_if_stale(self, con=None) -> None:
+        if self._read_head() == self._seen_head:
+            return
+        if con is not None:
+            self._sync(con)
+        else:
+            with self.store.transaction() as con:
+                self._sync(con)
+
+    def _maybe_checkpoint(self) -> None:
+        if self.view.seq - self._checkpoint_seq >= self.config.checkpoint_every:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        self.view.save(self.folder / CHECKPOINT)
+        self._checkpoint_seq = self.view.seq
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def observe(self, item: Item) -> Record:
+        """Remember one item; the policy decides where it goes. Returns once it is durable."""
+        return self.observe_many([item])[0]
+
+    def observe_many(self, items: Iterable[Item]) -> list[Record]:
+        """Remember many items with one embedding batch and one transaction."""
+        items = list(items)
+        for n, item in enumerate(items):
+            if not isinstance(item, Item):
+                raise InvalidItem(f"items[{n}]: expected an engramma Item, got {type(item).__name__}")
+            if len(item.text) > self.config.max_text_chars:
+                raise InvalidItem(
+                    f"text: {len(item.text)} characters is over the limit of {self.config.max_text_chars} "
+                    "(MemoryConfig.max_text_chars); split it into several items"
+                )
+        if not items:
+            return []
+        now = datetime.now(timezone.utc)
+        items = [item if item.ts is not None else item.with_ts(now) for item in items]
+        vectors = self.embedder.embed([item.text for item in items])  # outside the lock: the slow part
+        decisions = [decide(item, Signals(item.content_hash, len(item.text)), self.policy) for item in items]
+
+        with self.store.transaction() as con:
+            self._sync_if_stale(con)
+            ids = list(range(self._next_id, self._next_id + len(items)))
+            seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(items)))
+            self._insert_items(con, ids, items, decisions, vectors, now)
+            self._insert_events(con, seqs, "observe", ids, [item.scope for item in items], now)
+            self._write_head(seqs[-1])  # before commit: a reader that sees it waits for our lock, then syncs
+        self._next_id += len(items)
+        self._seen_head = seqs[-1]
+        self.view.seq = seqs[-1]
+        indexed = [n for n, d in enumerate(decisions) if d.route.indexed]
+        if indexed:
+            self.view.add([ids[n] for n in indexed], [items[n] for n in indexed], vectors[indexed])
+        self._maybe_checkpoint()
+        return [Record(id=i, item=item, route=d.route.value, rule=d.rule, observed_at=now, in_index=d.route.indexed)
+                for i, item, d in zip(ids, items, decisions)]
+
+    def _insert_items(self, con, ids: list[int], items: list[Item], decisions: list[Decision], vectors: np.ndarray,
+                      now: datetime) -> None:
+        n = len(ids)
+        kept = [d.route is not Route.DROP for d in decisions]
+
+        def unless_dropped(values: list) -> list:  # a dropped item's text is never stored
+            return [v if k else None for v, k in zip(values, kept)]
+
+        insert(con, "items", {
+            "id": ids,
+            "status": ["kept" if k else "dropped" for k in kept],
+            "content_hash": [item.content_hash for item in items],
+            "text": unless_dropped([item.text for item in items]),
+            "kind": [item.kind.value for item in items],
+            "scope": [item.scope for item in items],
+            "source": [item.source for item in items],
+            "key": [item.key for item in items],
+            "prompt": unless_dropped([item.prompt for item in items]),
+            "response": unless_dropped([item.response for item in items]),
+            "probe_question": unless_dropped([item.probe.question if item.probe else None for item in items]),
+            "probe_answer": unless_dropped([item.probe.answer if item.probe else None for item in items]),
+            "meta": unless_dropped([json.dumps(item.meta) for item in items]),
+            "ts": [naive_utc(item.ts) for item in items],
+            "observed_at": [naive_utc(now)] * n,
+            "in_index": [d.route.indexed for d in decisions],
+            "vector": unless_dropped(list(vectors)),
+            "route": [d.route.value for d in decisions],
+            "rule": [d.rule for d in decisions],
+            "reasons": [json.dumps(list(d.reasons)) for d in decisions],
+            "ttl_seconds": [d.ttl_seconds for d in decisions],
+            "train_scope": [d.train_scope for d in decisions],
+            "priority": [d.priority for d in decisions],
+            "policy_name": [self.policy.name] * n,
+            "policy_hash": [self.policy.content_hash] * n,
+        }, self._items_schema)
+
+    def _insert_events(self, con, seqs: list[int], op: str, ids: list[int], scopes: list[str | None],
+                       now: datetime) -> None:
+        insert(con, "events", {"seq": seqs, "op": [op] * len(seqs), "item_id": ids, "scope": scopes,
+                               "happened_at": [naive_utc(now)] * len(seqs)}, EVENTS_SCHEMA)
+
+    def forget(self, item_id: int | None = None, *, scope: str | None = None) -> int:
+        """Erase one item, or every item of a scope: text, meta and vector go; the hash, route and rule stay.
+
+        Returns how many items were forgotten. An unknown id raises `ItemNotFound`.
+        """
+        if (item_id is None) == (scope is None):
+            raise InvalidItem("forget: give exactly one of an item id or scope=")
+        if scope is not None:
+            check_scope(scope)
+        now = datetime.now(timezone.utc)
+        with self.store.transaction() as con:
+            self._sync_if_stale(con)
+            if item_id is not None:
+                ids = [r[0] for r in con.execute(
+                    "SELECT id FROM items WHERE id = ? AND status = 'kept'", [int(item_id)]).fetchall()]
+                if not ids:
+                    raise ItemNotFound(f"no item {item_id} in {self.folder} (never observed, dropped or forgotten)")
+            else:
+                ids = [r[0] for r in con.execute(
+                    "SELECT id FROM items WHERE scope = ? AND status = 'kept'", [scope]).fetchall()]
+            if not ids:
+                return 0
+            con.execute(
+                "UPDATE items SET status = 'forgotten', text = NULL, prompt = NULL, response = NULL, "
+                "probe_question = NULL, probe_answer = NULL, meta = NULL, vector = NULL, in_index = false, "
+                "forgotten_at = ? WHERE id IN (SELECT unnest(?))", [naive_utc(now), ids])
+            con.execute("DELETE FROM queue WHERE item_id IN (SELECT unnest(?)) AND status = 'pending'", [ids])
+            seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
+            self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
+            self._write_head(seqs[-1])
+        self._seen_head = self.view.seq = seqs[-1]
+        self.view.remove(ids)
+        self._maybe_checkpoint()
+        return len(ids)
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def visible_scopes(self, scope: str | Sequence[str]) -> list[str]:
+        asked = [scope] if isinstance(scope, str) else list(scope)
+        for s in asked:
+            check_scope(s, "recall scope")
+        return list(dict.fromkeys([*asked, *self.config.shared_scopes]))
+
+    def recall(self, query: str, k: int = 5, scope: str | Sequence[str] = "global") -> list[Hit]:
+        """The k items most similar to `query` among `scope` and the shared scopes (by default `global`)."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidItem("query: must be a non-empty string")
+        if k < 1:
+            raise InvalidItem(f"k: must be at least 1, got {k}")
+        scopes = self.visible_scopes(scope)
+        vector = self.embedder.embed([query])[0]
+        self._sync_if_stale()
+        return [Hit(id=i, score=s, item=self.view.items[i]) for i, s in self.view.search(vector, scopes, k)]
+
+    def get(self, item_id: int) -> Record:
+        with self.store.transaction() as con:
+            rows = con.execute(f"SELECT {ITEM_COLUMNS}, route, rule, observed_at, in_index FROM items "
+                               "WHERE id = ? AND status = 'kept'", [int(item_id)]).fetchall()
+        row = rows[0] if rows else None
+        if row is None:
+            raise ItemNotFound(f"no item {item_id} in {self.folder} (never observed, dropped or forgotten)")
+        _, item = _item_from_row(row[:12])
+        route, rule, observed_at, in_index = row[12:]
+        return Record(id=int(item_id), item=item, route=route, rule=rule,
+                      observed_at=observed_at.replace(tzinfo=timezone.utc), in_index=in_index)
+
+    def stats(self) -> Stats:
+        with self.store.transaction() as con:
+            self._sync_if_stale(con)
+            items = scalar(con, "SELECT count(*) FROM items WHERE status = 'kept'")
+            by_kind = dict(con.execute(
+                "SELECT kind, count(*) FROM items WHERE status = 'kept' GROUP BY ALL ORDER BY 1").fetchall())
+            by_scope = dict(con.execute(
+                "SELECT scope, count(*) FROM items WHERE status = 'kept' GROUP BY ALL ORDER BY 1").fetchall())
+            by_route = dict(con.execute("SELECT route, count(*) FROM items GROUP BY ALL ORDER BY 1").fetchall())
+            forgotten = scalar(con, "SELECT count(*) FROM items WHERE status = 'forgotten'")
+            events = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
+        kinds: dict[str, int] = {}
+        for index in self.view.indexes.values():
+            kinds[index.kind] = kinds.get(index.kind, 0) + 1
+        disk = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+        return Stats(items=items, indexed=len(self.view), forgotten=forgotten, events=events, by_kind=by_kind, by_scope=by_scope,
+                     by_route=by_route, index_kinds=kinds, disk_bytes=disk)
+
+    def check(self) -> list[str]:
+        """Problems where the index view and the tables disagree; empty when consistent."""
+        with self.store.transaction() as con:
+            self._sync(con)
+            truth = {r[0] for r in con.execute("SELECT id FROM items WHERE in_index").fetchall()}
+        problems = []
+        vectors = self.view.index_ids()
+        if orphans := sorted(vectors - truth):
+            problems.append(f"{len(orphans)} vectors in the index have no indexed row, e.g. {orphans[:5]}")
+        if missing := sorted(truth - vectors):
+            problems.append(f"{len(missing)} indexed rows have no vector, e.g. {missing[:5]}")
+        if unknown := sorted(set(self.view.items) ^ truth):
+            problems.append(f"{len(unknown)} items differ between the view and the tables, e.g. {unknown[:5]}")
+        return problems
+
+    def rebuild_index(self) -> int:
+        """Rebuild the FAISS view from the vectors in DuckDB and checkpoint it. Returns the vector count."""
+        with self.store.transaction() as con:
+            rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE in_index").fetchall()
+            self.view.items = dict(_item_from_row(r) for r in rows)
+            self.view.indexes = {}
+            self._index_from_db(con, list(self.view.items))
+            self.view.seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
+            self._seen_head = self._read_head()
+        self.save_checkpoint()
+        return len(self.view)
+
+    def close(self) -> None:
+        if self.store is None:
+            return
+        try:
+            if self.view.seq != self._checkpoint_seq:
+                self.save_checkpoint()
+        finally:
+            self.store.close()
+            os.close(self._head_fd)
+            self.store = None
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

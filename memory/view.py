@@ -1,0 +1,142 @@
+"""The searchable view of a store in one process: an index per scope and the items behind its vectors.
+
+A view is rebuilt from the truth at will. Its checkpoint file records the event seq it reflects; opening a
+store loads the checkpoint and reconciles the items touched by later events. A checkpoint that is missing,
+corrupt or made with another embedder is ignored and the view is rebuilt from the vectors in DuckDB.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from engramma.memory.atomic import atomic_write_bytes
+from engramma.memory.index import IVF_THRESHOLD, AutoIndex
+from engramma.memory.types import Item
+
+MAGIC = b"ENGRAMMA-INDEX\n"
+FORMAT = 1
+
+
+class CheckpointUnusable(Exception):
+    """Internal: the checkpoint file cannot be used; the caller rebuilds the view from the truth."""
+
+
+class IndexView:
+    def __init__(self, dim: int, embedder: str, *, ivf_threshold: int = IVF_THRESHOLD):
+        self.dim = dim
+        self.embedder = embedder
+        self.ivf_threshold = ivf_threshold
+        self.seq = 0  # last event seq reflected
+        self.indexes: dict[str, AutoIndex] = {}
+        self.items: dict[int, Item] = {}  # every indexed item, by id
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, ids: list[int], items: list[Item], vectors: np.ndarray) -> None:
+        """Index items not yet in the view (adding one twice is a no-op, so reconciling is idempotent)."""
+        rows = [n for n, item_id in enumerate(ids) if item_id not in self.items]
+        for n in rows:
+            self.items[ids[n]] = items[n]
+        self.index_vectors([ids[n] for n in rows], [items[n].scope for n in rows], vectors[rows])
+
+    def index_vectors(self, ids: list[int], scopes: list[str], vectors: np.ndarray) -> None:
+        """Put vectors into the per-scope indexes; the caller keeps `items` in step."""
+        by_scope: dict[str, list[int]] = {}
+        for n, scope in enumerate(scopes):
+            by_scope.setdefault(scope, []).append(n)
+        for scope, rows in by_scope.items():
+            index = self.indexes.get(scope)
+            if index is None:
+                index = self.indexes[scope] = AutoIndex(self.dim, ivf_threshold=self.ivf_threshold)
+            index.add(np.asarray([ids[n] for n in rows], np.int64), vectors[rows])
+
+    def drop_vectors(self, ids: list[int]) -> None:
+        """Remove ids from every index, whatever `items` says (used when reconciling a checkpoint)."""
+        if not ids:
+            return
+        for scope in list(self.indexes):
+            self.indexes[scope].remove(np.asarray(ids, np.int64))
+            if len(self.indexes[scope]) == 0:
+                del self.indexes[scope]
+
+    def vector_count(self) -> int:
+        return sum(len(index) for index in self.indexes.values())
+
+    def remove(self, ids) -> int:
+        by_scope: dict[str, list[int]] = {}
+        for item_id in ids:
+            item = self.items.pop(int(item_id), None)
+            if item is not None:
+                by_scope.setdefault(item.scope, []).append(int(item_id))
+        for scope, scope_ids in by_scope.items():
+            index = self.indexes[scope]
+            index.remove(np.asarray(scope_ids, np.int64))
+            if len(index) == 0:
+                del self.indexes[scope]
+        return sum(len(v) for v in by_scope.values())
+
+    def search(self, query: np.ndarray, scopes: list[str], k: int) -> list[tuple[int, float]]:
+        """Top-k (id, cosine) over the union of `scopes`, best first."""
+        found: list[tuple[float, int]] = []
+        for scope in scopes:
+            index = self.indexes.get(scope)
+            if index is None:
+                continue
+            scores, ids = index.search(query.reshape(1, -1), k)
+            found.extend((float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0)
+        found.sort(key=lambda pair: -pair[0])
+        return [(i, s) for s, i in found[:k]]
+
+    def index_ids(self) -> set[int]:
+        return {int(i) for index in self.indexes.values() for i in index.ids()}
+
+    # -- checkpoint -------------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        blobs, scopes, offset = [], [], 0
+        for scope, index in sorted(self.indexes.items()):
+            blob = index.to_bytes()
+            scopes.append({"scope": scope, "offset": offset, "length": len(blob), "trained_size": index.trained_size})
+            blobs.append(blob)
+            offset += len(blob)
+        payload = b"".join(blobs)
+        header = json.dumps({
+            "format": FORMAT, "seq": self.seq, "embedder": self.embedder, "dim": self.dim,
+            "count": len(self.items), "scopes": scopes, "crc32": zlib.crc32(payload),
+        }).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, MAGIC + struct.pack("<Q", len(header)) + header + payload)
+
+    def load_vectors(self, path: Path) -> None:
+        """Replace the indexes (not the items) with the checkpoint's; sets `seq`. Raises CheckpointUnusable."""
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointUnusable(f"unreadable: {e}") from None
+        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+            raise CheckpointUnusable("not a checkpoint file")
+        start = len(MAGIC) + 8
+        (header_len,) = struct.unpack("<Q", data[len(MAGIC):start])
+        try:
+            header = json.loads(data[start:start + header_len])
+        except ValueError:
+            raise CheckpointUnusable("corrupt header") from None
+        payload = memoryview(data)[start + header_len:]
+        if header.get("format") != FORMAT or header.get("embedder") != self.embedder or header.get("dim") != self.dim:
+            raise CheckpointUnusable("made by another format or embedder")
+        if zlib.crc32(payload) != header.get("crc32"):
+            raise CheckpointUnusable("checksum mismatch")
+        indexes = {}
+        for entry in header["scopes"]:
+            blob = bytes(payload[entry["offset"]:entry["offset"] + entry["length"]])
+            try:
+                indexes[entry["scope"]] = AutoIndex.from_bytes(
+                    blob, ivf_threshold=self.ivf_threshold, trained_size=entry["trained_size"])
+            except RuntimeError as e:
+                raise CheckpointUnusable(f"faiss could not read scope {entry['scope']}: {e}") from None
+        self.indexes, self.seq = indexes, int(header["seq"])
