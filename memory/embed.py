@@ -42,6 +42,9 @@ class SentenceEmbedder:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # a bar per model load is noise in a library
 
                 path = self.name
                 if self.name == DEFAULT_EMBEDDER:

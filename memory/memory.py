@@ -149,8 +149,8 @@ class Memory:
     def _index_from_db(self, con, ids: list[int]) -> None:
         """Read the stored vectors of `ids` and index them (chunked: at 1M items they are 1.5 GB)."""
         for start in range(0, len(ids), 50_000):
-            table = con.execute("SELECT id, scope, vector FROM items WHERE id IN (SELECT unnest(?))",
-                                [ids[start:start + 50_000]]).to_arrow_table()
+            table = con.sql("SELECT id, scope, vector FROM items WHERE id IN (SELECT unnest($ids))",
+                            params={"ids": ids[start:start + 50_000]}).to_arrow_table()
             vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32)
             self.view.index_vectors(table.column("id").to_pylist(), table.column("scope").to_pylist(),
                                     vectors.reshape(-1, self.view.dim))
@@ -315,7 +315,10 @@ class Memory:
         return list(dict.fromkeys([*asked, *self.config.shared_scopes]))
 
     def recall(self, query: str, k: int = 5, scope: str | Sequence[str] = "global") -> list[Hit]:
-        """The k items most similar to `query` among `scope` and the shared scopes (by default `global`)."""
+        """The k items most similar to `query` among `scope` and the shared scopes (by default `global`).
+
+        Items with identical content (the same fact heard again) count once, as their newest observation.
+        """
         if not isinstance(query, str) or not query.strip():
             raise InvalidItem("query: must be a non-empty string")
         if k < 1:
@@ -323,7 +326,19 @@ class Memory:
         scopes = self.visible_scopes(scope)
         vector = self.embedder.embed([query])[0]
         self._sync_if_stale()
-        return [Hit(id=i, score=s, item=self.view.items[i]) for i, s in self.view.search(vector, scopes, k)]
+        fetch = k
+        while True:
+            found = self.view.search(vector, scopes, fetch)
+            hits: dict[str, Hit] = {}
+            for item_id, score in found:
+                item = self.view.items[item_id]
+                seen = hits.get(item.content_hash)
+                if seen is None or item.ts > seen.item.ts:
+                    hits[item.content_hash] = Hit(id=item_id, score=max(score, seen.score if seen else score),
+                                                  item=item)
+            if len(hits) >= k or len(found) < fetch:
+                return sorted(hits.values(), key=lambda h: -h.score)[:k]
+            fetch *= 4
 
     def get(self, item_id: int) -> Record:
         with self.store.transaction() as con:

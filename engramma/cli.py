@@ -1,0 +1,229 @@
+"""`engramma` command line: a thin shell over `Memory`. User mistakes print one line and exit non-zero."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from engramma.errors import EngrammaError, InvalidInput, InvalidItem
+
+app = typer.Typer(
+    help="engramma: a memory that learns, for long-running agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Store = Annotated[Path, typer.Argument(help="Store folder (created by `init` or the first write).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
+BATCH = 256  # items per embedding batch and transaction when ingesting
+
+
+def _open(store: Path, *, must_exist: bool = True):
+    from engramma.memory import Memory
+
+    if must_exist and not (store / "engramma.duckdb").exists():
+        raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
+    return Memory.open(store)
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _hit_dict(hit) -> dict:
+    return {"id": hit.id, "score": round(hit.score, 4), **hit.item.to_dict()}
+
+
+@app.command()
+def init(store: Store) -> None:
+    """Create an empty store folder (opening a missing store for writing also creates it)."""
+    if (store / "engramma.duckdb").exists():
+        raise InvalidInput(f"{store}: a store already exists here")
+    _open(store, must_exist=False).close()
+    typer.echo(f"created store {store}")
+
+
+@app.command()
+def observe(
+    store: Store,
+    text: Annotated[str, typer.Option(help="What to remember.")],
+    kind: Annotated[str, typer.Option(help="fact, event, preference, correction, skill, document or conversation.")] = "fact",
+    scope: Annotated[str, typer.Option(help="global, agent:<id>, user:<id> or session:<id>.")] = "global",
+    source: Annotated[Optional[str], typer.Option(help="Where it came from (docs, user, tool...).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Identity of a keyed fact whose value can change.")] = None,
+    meta: Annotated[Optional[str], typer.Option(help="A JSON object of extra fields.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Remember one item and print its id and route."""
+    from engramma.memory import Item
+
+    try:
+        meta_dict = json.loads(meta) if meta else {}
+    except json.JSONDecodeError as e:
+        raise InvalidItem(f"meta: not valid JSON ({e.msg} at character {e.pos})") from None
+    item = Item(text=text, kind=kind, scope=scope, source=source, key=key, meta=meta_dict)
+    with _open(store, must_exist=False) as mem:
+        record = mem.observe(item)
+    if as_json:
+        _print_json({"id": record.id, "route": record.route, "rule": record.rule})
+    else:
+        typer.echo(f"{record.id}\t{record.route}\t({record.rule})")
+
+
+@app.command()
+def ingest(
+    store: Store,
+    file: Annotated[Path, typer.Argument(help="JSONL file, one item object per line (text, kind, scope, ...).")],
+    as_json: AsJson = False,
+) -> None:
+    """Observe every item of a JSONL file; bad lines are reported by number and the rest still ingested."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engramma.memory import Item
+
+    if not file.is_file():
+        raise InvalidInput(f"{file}: no such file")
+    total = sum(1 for _ in file.open("rb"))
+    routes: dict[str, int] = {}
+    bad: list[tuple[int, str]] = []
+    batch: list[Item] = []
+
+    with _open(store, must_exist=False) as mem:
+        def flush() -> None:
+            for record in mem.observe_many(batch):
+                routes[record.route] = routes.get(record.route, 0) + 1
+            progress.advance(task, len(batch))
+            batch.clear()
+
+        columns = (TextColumn("ingesting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True, disable=as_json or not sys.stderr.isatty(),
+                      console=_stderr_console()) as progress:
+            task = progress.add_task("ingest", total=total)
+            with file.open(encoding="utf-8") as lines:
+                for line_no, line in enumerate(lines, start=1):
+                    if not line.strip():
+                        progress.advance(task)
+                        continue
+                    try:
+                        batch.append(Item.from_dict(json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        bad.append((line_no, f"not valid JSON ({e.msg} at column {e.colno})"))
+                        progress.advance(task)
+                    except InvalidItem as e:
+                        bad.append((line_no, str(e)))
+                        progress.advance(task)
+                    if len(batch) >= BATCH:
+                        flush()
+            if batch:
+                flush()
+
+    if as_json:
+        _print_json({"ingested": sum(routes.values()), "routes": routes,
+                     "bad_lines": [{"line": n, "error": msg} for n, msg in bad]})
+    else:
+        summary = ", ".join(f"{route}: {n}" for route, n in sorted(routes.items())) or "nothing"
+        typer.echo(f"ingested {sum(routes.values())} items ({summary})")
+        for line_no, message in bad:
+            typer.echo(f"{file}:{line_no}: skipped: {message}", err=True)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def recall(
+    store: Store,
+    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items.")] = 5,
+    scope: Annotated[str, typer.Option(help="Scope to search; shared scopes (global) are always included.")] = "global",
+    as_json: AsJson = False,
+) -> None:
+    """Print the items most similar to QUERY that SCOPE may see."""
+    with _open(store) as mem:
+        hits = mem.recall(query, k=k, scope=scope)
+    if as_json:
+        _print_json([_hit_dict(h) for h in hits])
+        return
+    if not hits:
+        typer.echo("no matching items")
+    for hit in hits:
+        typer.echo(f"{hit.score:.3f}\t{hit.id}\t{hit.item.scope}\t{hit.item.text}")
+
+
+@app.command()
+def get(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")], as_json: AsJson = False) -> None:
+    """Print one item and its routing decision."""
+    with _open(store) as mem:
+        record = mem.get(item_id)
+    data = {"id": record.id, "route": record.route, "rule": record.rule, "in_index": record.in_index,
+            "observed_at": record.observed_at.isoformat(), **record.item.to_dict()}
+    if as_json:
+        _print_json(data)
+    else:
+        for name, value in data.items():
+            typer.echo(f"{name}: {value}")
+
+
+@app.command()
+def forget(
+    store: Store,
+    item_id: Annotated[Optional[int], typer.Argument(help="Item id to forget.")] = None,
+    scope: Annotated[Optional[str], typer.Option(help="Forget every item of this scope instead.")] = None,
+) -> None:
+    """Erase an item (or a whole scope): text and vector are deleted, the audit trail stays."""
+    if (item_id is None) == (scope is None):
+        raise InvalidInput("give an item id or --scope, not both")
+    with _open(store) as mem:
+        n = mem.forget(item_id, scope=scope)
+    typer.echo(f"forgot {n} item{'s' if n != 1 else ''}")
+
+
+@app.command()
+def stats(store: Store, as_json: AsJson = False) -> None:
+    """Counts of items by kind, scope and route, index size and disk use."""
+    with _open(store) as mem:
+        s = mem.stats()
+    if as_json:
+        _print_json(asdict(s))
+        return
+    typer.echo(f"items: {s.items} ({s.indexed} indexed, {s.forgotten} forgotten), events: {s.events}, "
+               f"disk: {s.disk_bytes / 1e6:.1f} MB")
+    for title, counts in (("by kind", s.by_kind), ("by scope", s.by_scope), ("by route", s.by_route),
+                          ("index kinds", s.index_kinds)):
+        typer.echo(f"{title}: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "-"))
+
+
+@app.command("rebuild-index")
+def rebuild_index(store: Store) -> None:
+    """Rebuild the FAISS index from the vectors kept in DuckDB (the index is a cache of the truth)."""
+    with _open(store) as mem:
+        n = mem.rebuild_index()
+        problems = mem.check()
+    typer.echo(f"rebuilt the index: {n} vectors")
+    if problems:
+        raise InvalidInput("index and tables still disagree: " + "; ".join(problems))
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except EngrammaError as e:
+        typer.echo(f"engramma: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("engramma: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

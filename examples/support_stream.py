@@ -1,0 +1,86 @@
+"""A scripted stream for a support agent's memory: product facts that change, two users' private details,
+duplicates and chatter. Deterministic, so the demo and the tests see the same few hundred items."""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+from engramma import Item
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+# (key, value per day: the value in force from that day on)
+PRODUCT_FACTS = {
+    "refund_window": {0: "Refunds are accepted within 30 days of delivery.",
+                      3: "Refunds are accepted within 45 days of delivery."},
+    "shipping_fee": {0: "Standard shipping costs 4.99 euros; orders over 50 euros ship free.",
+                     2: "Standard shipping costs 5.49 euros; orders over 60 euros ship free."},
+    "support_hours": {0: "The support line is open Monday to Friday, 9:00 to 17:00 CET.",
+                      4: "The support line is open every day, 8:00 to 20:00 CET."},
+    "warranty": {0: "Every kettle carries a two-year warranty against manufacturing defects."},
+    "exchange": {0: "Customers may exchange a product for a different colour free of charge."},
+    "express": {1: "Express delivery arrives the next working day and costs 12 euros."},
+}
+
+USER_DETAILS = {
+    "user:alice": [
+        "Alice's order #A-1042 is a red kettle delivered on 2 March.",
+        "Alice prefers to be contacted by email at alice@example.com.",
+        "Alice is allergic to nickel, so she asked for the ceramic model.",
+        "Alice lives in Lyon and works night shifts.",
+    ],
+    "user:bob": [
+        "Bob's order #B-2210 is a steel toaster still in transit.",
+        "Bob wants phone calls only, at +33 6 12 34 56 78.",
+        "Bob returned a blender last year because it was too loud.",
+        "Bob is moving to Marseille at the end of the month.",
+    ],
+}
+
+CHATTER = [
+    "Customer said thanks and closed the chat.",
+    "Customer asked whether we are a real company.",
+    "Agent apologised for the wait in the queue.",
+    "Customer shared a photo of their cat.",
+    "Customer asked about the weather in Lyon.",
+    "Agent confirmed the ticket number to the customer.",
+]
+
+# Paraphrased questions: (question, scope asking, words the right answer contains)
+QUESTIONS = [
+    ("How long does someone have to send an item back?", "global", "45 days"),
+    ("How much is standard postage now?", "global", "5.49"),
+    ("When can people phone the helpdesk?", "global", "every day"),
+    ("Is there a guarantee if the kettle breaks?", "global", "two-year"),
+    ("Can I swap my purchase for another colour?", "global", "colour"),
+    ("Which metal should we avoid for this customer?", "user:alice", "nickel"),
+    ("How should we reach her?", "user:alice", "email"),
+    ("Where is his package?", "user:bob", "in transit"),
+    ("How does he want to be contacted?", "user:bob", "phone calls"),
+]
+
+
+def stream(days: int = 5, seed: int = 7) -> list[tuple[int, list[Item]]]:
+    """Items per day. Day d restates the facts in force (agents hear them again), adds user details and chatter."""
+    rng = random.Random(seed)
+    out = []
+    for day in range(days):
+        at = START + timedelta(days=day)
+        items: list[Item] = []
+        for key, versions in PRODUCT_FACTS.items():
+            since = max((d for d in versions if d <= day), default=None)
+            if since is None:
+                continue
+            for _ in range(rng.randint(3, 6)):  # heard several times a day: duplicates
+                items.append(Item(text=versions[since], kind="fact", scope="global", source="docs", key=key,
+                                  ts=at + timedelta(minutes=rng.randint(0, 480))))
+        for scope, details in USER_DETAILS.items():
+            for text in details[: 1 + day]:
+                items.append(Item(text=text, kind="fact", scope=scope, source="user",
+                                  ts=at + timedelta(minutes=rng.randint(0, 480))))
+        for _ in range(rng.randint(20, 30)):
+            items.append(Item(text=rng.choice(CHATTER), kind="conversation", scope=f"session:d{day}",
+                              source="chat", ts=at + timedelta(minutes=rng.randint(0, 480))))
+        items.sort(key=lambda item: item.ts)
+        out.append((day, items))
+    return out

@@ -1,0 +1,74 @@
+"""Shared fixtures: one real MiniLM embedder per session, real store folders under tmp_path, child processes."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # the embedder ships in a package; a test must never reach for the network
+# The suite runs on 2 cores, often with child processes embedding beside the parent: one BLAS/OpenMP
+# thread per process avoids oversubscription, which slows MiniLM down several times.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from engramma import Memory  # noqa: E402
+from engramma.memory.embed import SentenceEmbedder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceEmbedder:
+    """The real default embedder, loaded once: pass it as `Memory.open(path, embedder=embedder)`."""
+    model = SentenceEmbedder()
+    model.embed(["load the weights now, not inside the first test"])
+    return model
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def mem(store_path: Path, embedder: SentenceEmbedder):
+    memory = Memory.open(store_path, embedder=embedder)
+    yield memory
+    memory.close()
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def spawn(tmp_path: Path):
+    """Start `python -c <source>` as a real child process; every child still running at teardown is killed."""
+    children: list[subprocess.Popen] = []
+
+    def start(source: str, *args: object) -> subprocess.Popen:
+        # stderr goes to a file (read it with `child_stderr`): a pipe nobody drains could block the child.
+        err_path = tmp_path / f"child-{len(children)}.stderr"
+        with open(err_path, "w") as err:
+            child = subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(source), *map(str, args)],
+                stdout=subprocess.PIPE, stderr=err, text=True, env=child_env(), cwd=tmp_path,
+            )
+        child.stderr_path = err_path
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
+
+
+def child_stderr(child: subprocess.Popen) -> str:
+    return child.stderr_path.read_text()
