@@ -1,0 +1,99 @@
+"""The CLI as a user runs it: a real process, real exit codes, one clean line for mistakes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engramma.cli import app
+
+COMMANDS = sorted(command.name or command.callback.__name__ for command in app.registered_commands)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def engramma(*args, input=None):
+    return subprocess.run([sys.executable, "-m", "engramma.cli", *map(str, args)], capture_output=True,
+                          text=True, env=ENV, input=input, timeout=300)
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_the_commands_the_issue_names_exist():
+    assert set(COMMANDS) >= {"init", "ingest", "observe", "recall", "forget", "stats", "rebuild-index"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = engramma(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_store_lifecycle(tmp_path):
+    store = tmp_path / "store"
+    assert engramma("init", store).returncode == 0
+    assert_clean_error(engramma("init", store), "already exists")
+
+    out = engramma("observe", store, "--text", "Refunds are accepted within 30 days.", "--key", "refund",
+                   "--meta", '{"page": 3}', "--json")
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)
+    assert first["route"] == "index"
+
+    lines = [
+        json.dumps({"text": "Bob drinks green tea every morning.", "scope": "user:bob"}),
+        "{not json",
+        json.dumps({"text": "Alice is vegetarian.", "scope": "users:alice"}),
+        "",
+        json.dumps({"text": "Alice is vegetarian.", "scope": "user:alice", "kind": "preference"}),
+        json.dumps({"txt": "typo in the field name"}),
+    ]
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = engramma("ingest", store, data)
+    assert out.returncode == 1  # some lines were bad; the rest went in
+    assert "ingested 2 items (index: 2)" in out.stdout
+    assert f"{data}:2: skipped: not valid JSON" in out.stderr
+    assert f"{data}:3: skipped: scope: 'users:alice'" in out.stderr
+    assert f"{data}:6: skipped: txt: unknown field" in out.stderr
+
+    hits = json.loads(engramma("recall", store, "what does bob drink", "--scope", "user:bob", "-k", "1",
+                               "--json").stdout)
+    assert hits[0]["text"] == "Bob drinks green tea every morning."
+    hidden = json.loads(engramma("recall", store, "what does bob drink", "--scope", "user:alice", "--json").stdout)
+    assert all(hit["scope"] != "user:bob" for hit in hidden)
+
+    stats = json.loads(engramma("stats", store, "--json").stdout)
+    assert stats["items"] == 3 and stats["by_scope"] == {"global": 1, "user:alice": 1, "user:bob": 1}
+
+    assert engramma("forget", store, "--scope", "user:bob").stdout.strip() == "forgot 1 item"
+    assert_clean_error(engramma("forget", store, first["id"] + 100), "no item")
+    assert_clean_error(engramma("get", store, hits[0]["id"]), "no item")
+    got = json.loads(engramma("get", store, first["id"], "--json").stdout)
+    assert got["meta"] == {"page": 3} and got["key"] == "refund"
+
+    (store / "index" / "checkpoint.bin").write_bytes(b"garbage")
+    out = engramma("rebuild-index", store)
+    assert out.returncode == 0 and "rebuilt the index: 2 vectors" in out.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["recall", "{missing}", "anything"], "no engramma store here"),
+    (["observe", "{store}", "--text", "x", "--kind", "fcat"], "kind: 'fcat' is not one of fact"),
+    (["observe", "{store}", "--text", "   "], "text: must be a non-empty string"),
+    (["observe", "{store}", "--text", "x", "--meta", "[oops"], "meta: not valid JSON"),
+    (["observe", "{store}", "--text", "x", "--scope", "user:"], "scope: 'user:' is not a scope"),
+    (["forget", "{store}"], "give an item id or --scope"),
+    (["ingest", "{store}", "{missing}"], "no such file"),
+])
+def test_user_mistakes_are_one_line(tmp_path, args, fragment):
+    store, missing = tmp_path / "store", tmp_path / "nothing-here"
+    result = engramma(*[a.format(store=store, missing=missing) for a in args])
+    assert_clean_error(result, fragment)

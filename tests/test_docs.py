@@ -1,0 +1,17 @@
+"""The README starts with the two commands and documents every CLI command."""
+from pathlib import Path
+
+from engramma.cli import app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands():
+    head = "\n".join(README.splitlines()[:15])
+    assert "make demo" in head and "make test" in head
+
+
+def test_every_cli_command_is_in_the_readme():
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        assert f"engramma {name} " in README, f"`engramma {name}` is missing from README.md"
