@@ -40,12 +40,18 @@ def _hit_dict(hit) -> dict:
 
 
 @app.command()
-def init(store: Store) -> None:
+def init(
+    store: Store,
+    embedder: Annotated[str, typer.Option(
+        help="sentence-transformers model name or local folder; the store keeps using it.")] = "all-MiniLM-L6-v2",
+) -> None:
     """Create an empty store folder (opening a missing store for writing also creates it)."""
+    from engramma.memory import Memory
+
     if (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: a store already exists here")
-    _open(store, must_exist=False).close()
-    typer.echo(f"created store {store}")
+    Memory.open(store, embedder=embedder).close()
+    typer.echo(f"created store {store} (embedder {embedder})")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -79,6 +80,7 @@ class Memory:
             raise StoreError(f"{folder}: exists and is not a folder")
         if folder.is_dir() and any(folder.iterdir()) and not (folder / DB_FILE).exists():
             raise StoreError(f"{folder}: is a folder with other files in it, not an engramma store")
+        new_store = not (folder / DB_FILE).exists()  # then the folder is missing or empty
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "adapters").mkdir(exist_ok=True)
         config = config or MemoryConfig()
@@ -105,6 +107,9 @@ class Memory:
             return memory
         except BaseException:
             store.close()
+            if new_store:  # leave no half-made store behind (a bad embedder name, say)
+                for child in folder.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
             raise
 
     # -- the view -----------------------------------------------------------------------------------------

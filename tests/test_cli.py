@@ -97,3 +97,10 @@ def test_user_mistakes_are_one_line(tmp_path, args, fragment):
     store, missing = tmp_path / "store", tmp_path / "nothing-here"
     result = engramma(*[a.format(store=store, missing=missing) for a in args])
     assert_clean_error(result, fragment)
+
+
+def test_init_with_an_unloadable_embedder_leaves_no_half_made_store(tmp_path):
+    store = tmp_path / "store"
+    assert_clean_error(engramma("init", store, "--embedder", tmp_path / "no-such-model"), "could not be loaded")
+    assert not store.exists() or not any(store.iterdir())
+    assert engramma("init", store).returncode == 0  # the folder is still usable
