@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Route(str, enum.Enum):
@@ -22,10 +22,30 @@ class Route(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Signals:
-    """Measurements of one item, gathered by `memory/` before the policy decides."""
+    """Measurements of one item, gathered by `memory/` before the policy decides (defaults: a lone new item)."""
 
-    content_hash: str
-    length_chars: int
+    content_hash: str = ""
+    novelty: float = 1.0  # 1 - max cosine to items visible in its scope
+    duplicate: bool = False  # same content hash, or cosine >= the policy's duplicate threshold
+    duplicate_of: int | None = None
+    recurrence: int = 1  # times seen within the recurrence window, this one included
+    volatility: float = 0.0  # keyed facts: share of observations in the window that changed the value
+    pii: frozenset[str] = field(default_factory=frozenset)
+    length_tokens: int = 0
+    source_trust: float = 0.5
+    feedback: float | None = None  # from meta["feedback"]
+    age_seconds: float = 0.0  # observation time minus the item's timestamp
+
+    def as_dict(self) -> dict:
+        return {"content_hash": self.content_hash, "novelty": round(self.novelty, 4), "duplicate": self.duplicate,
+                "duplicate_of": self.duplicate_of, "recurrence": self.recurrence,
+                "volatility": round(self.volatility, 4), "pii": sorted(self.pii),
+                "length_tokens": self.length_tokens, "source_trust": self.source_trust,
+                "feedback": self.feedback, "age_seconds": round(self.age_seconds, 3)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Signals:
+        return cls(**{**data, "pii": frozenset(data.get("pii", ()))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,5 +54,6 @@ class Decision:
     rule: str  # name of the rule that matched, or "default"
     reasons: tuple[str, ...]
     ttl_seconds: float | None = None
-    train_scope: str | None = None  # the scope an adapter trained on this item may serve
+    train_scope: str | None = None  # the scope whose adapter may learn this item (None: not trained)
     priority: int = 0
+    after_consolidation: str = "keep"  # keep | evict: may a `both` item leave the index once learned

@@ -1,0 +1,176 @@
+"""The policy file: one YAML file configures routing, signals, the model, consolidation and the gate.
+
+Every model forbids unknown keys, so a typo is an error naming the key, never a silently ignored setting.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from engramma.memory.pii import PII_KINDS
+from engramma.memory.types import Kind
+from engramma.policies.decision import Route
+
+PiiKind = Literal["email", "phone", "credit_card", "iban", "ip_address", "api_key", "password", "national_id"]
+assert set(PiiKind.__args__) == set(PII_KINDS)  # one list of PII kinds
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> float:
+    """'30d', '12h', '15m', '45s', '2w', or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30d', '12h', '15m'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str) and (m := DURATION.match(value)):
+        return float(m.group(1)) * UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration; write a number of seconds or e.g. '30d', '12h', '15m', '45s'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Strict):
+    """A numeric bound: `{gte: 0.3}`, `{lte: 0.1}` or both."""
+
+    gte: float | None = None
+    lte: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Range:
+        if self.gte is None and self.lte is None:
+            raise ValueError("give gte, lte or both")
+        return self
+
+
+class DurationRange(Strict):
+    gte: Duration | None = None
+    lte: Duration | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> DurationRange:
+        if self.gte is None and self.lte is None:
+            raise ValueError("give gte, lte or both")
+        return self
+
+
+class When(Strict):
+    """Conditions of a rule; all that are given must hold. An empty `when` always matches."""
+
+    kind: list[Kind] | None = None
+    source: list[str] | None = None
+    scope: list[str] | None = Field(None, description="glob patterns such as 'user:*' or 'global'")
+    pii_any: list[PiiKind] | None = None
+    pii_none: bool | list[PiiKind] | None = None  # true: no PII at all; a list: none of those kinds
+    novelty: Range | None = None
+    recurrence: Range | None = None
+    volatility: Range | None = None
+    length: Range | None = None
+    feedback: Range | None = None
+    source_trust: Range | None = None
+    age: DurationRange | None = None
+    duplicate: bool | None = None
+    has_probe: bool | None = None
+    has_key: bool | None = None
+    meta: dict[str, str | int | float | bool | None] | None = None  # meta[key] equals value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scope_as_list(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("scope"), str):
+            data = {**data, "scope": [data["scope"]]}
+        return data
+
+
+class Rule(Strict):
+    name: str = Field(min_length=1)
+    when: When = When()
+    route: Route
+    ttl: Duration | None = None  # the item leaves recall this long after its timestamp
+    priority: int = 0  # order within the training queue, higher first
+    train_scope: Literal["own", "shared"] = "own"  # adapter of the item's own scope, or the shared (global) one
+    after_consolidation: Literal["keep", "evict"] = "keep"  # `both` items may leave the index once learned
+
+
+class SignalSettings(Strict):
+    duplicate_threshold: float = Field(0.95, ge=0, le=1)  # cosine at or above which an item is a duplicate
+    recurrence_threshold: float = Field(0.85, ge=0, le=1)  # cosine at or above which it counts as a recurrence
+    recurrence_window: Duration = 30 * 86400
+    volatility_window: Duration = 90 * 86400
+    source_trust: dict[str, float] = Field(default_factory=dict)  # source -> trust in [0, 1]
+    default_trust: float = Field(0.5, ge=0, le=1)
+
+
+class ModelSettings(Strict):
+    name: str = "smollm2-135m-instruct"  # the bundled default, or any Hugging Face causal LM name or path
+    max_length: int = Field(512, ge=16)
+
+
+class LoraSettings(Strict):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+
+class TrainingSettings(Strict):
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    schedule: Literal["constant_with_warmup", "warmup_stable_decay"] = "constant_with_warmup"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    kl_weight: float = Field(0.0, ge=0)  # KL to the parent adapter on replay examples
+    seed: int = 0
+
+
+class ConsolidationSettings(Strict):
+    replay: Literal["none", "random", "reservoir", "retrieval", "mir"] = "retrieval"
+    replay_ratio: float = Field(1.0, ge=0)  # replayed examples per new example
+    replay_budget: int = Field(512, ge=0)  # at most this many replayed examples per round
+    neighbours: int = Field(4, ge=1)  # retrieval replay: nearest past examples per new item
+    reservoir_size: int = Field(1000, ge=1)
+    reservoir_fraction: float = Field(0.25, ge=0, le=1)
+    min_items: int = Field(1, ge=1)  # consolidate only when this many items are queued
+    lora: LoraSettings = LoraSettings()
+    training: TrainingSettings = TrainingSettings()
+
+
+class GateSettings(Strict):
+    min_new_accuracy: float = Field(0.8, ge=0, le=1)
+    max_retention_drop: float = Field(0.05, ge=0, le=1)
+    max_perplexity_increase: float = Field(0.10, ge=0)  # relative to the parent
+    min_items: int = Field(1, ge=1)
+    on_forget: Literal["rollback", "retrain", "both"] = "both"
+
+
+class PolicyFile(Strict):
+    version: Literal[1]
+    name: str = Field(min_length=1)
+    description: str = ""
+    signals: SignalSettings = SignalSettings()
+    rules: list[Rule] = Field(default_factory=list)
+    default: Route  # required: what happens to an item no rule matched
+    model: ModelSettings = ModelSettings()
+    consolidation: ConsolidationSettings = ConsolidationSettings()
+    gate: GateSettings = GateSettings()
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> PolicyFile:
+        seen = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"two rules are named {rule.name!r}; rule names must be unique")
+            seen.add(rule.name)
+        return self
