@@ -23,12 +23,12 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines in
 BATCH = 256  # items per embedding batch and transaction when ingesting
 
 
-def _open(store: Path, *, must_exist: bool = True):
+def _open(store: Path, *, must_exist: bool = True, policy: str | None = None):
     from engramma.memory import Memory
 
     if must_exist and not (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
-    return Memory.open(store)
+    return Memory.open(store, policy=policy)
 
 
 def _print_json(data) -> None:
@@ -44,14 +44,16 @@ def init(
     store: Store,
     embedder: Annotated[str, typer.Option(
         help="sentence-transformers model name or local folder; the store keeps using it.")] = "all-MiniLM-L6-v2",
+    policy: Annotated[Optional[str], typer.Option(
+        help="Policy YAML file, or preset:NAME (default, assistant-private, index-only).")] = None,
 ) -> None:
     """Create an empty store folder (opening a missing store for writing also creates it)."""
     from engramma.memory import Memory
 
     if (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: a store already exists here")
-    Memory.open(store, embedder=embedder).close()
-    typer.echo(f"created store {store} (embedder {embedder})")
+    with Memory.open(store, embedder=embedder, policy=policy) as mem:
+        typer.echo(f"created store {store} (embedder {embedder}, policy {mem.live_policy.origin})")
 
 
 @app.command()
@@ -146,11 +148,19 @@ def recall(
     query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
     k: Annotated[int, typer.Option("-k", min=1, help="How many items.")] = 5,
     scope: Annotated[str, typer.Option(help="Scope to search; shared scopes (global) are always included.")] = "global",
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="ISO time: recall what was current then (superseded values included).")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Print the items most similar to QUERY that SCOPE may see."""
+    """Print the current items most similar to QUERY that SCOPE may see."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise InvalidInput(f"--as-of: {as_of!r} is not an ISO time such as 2026-03-05 or 2026-03-05T14:00") from None
     with _open(store) as mem:
-        hits = mem.recall(query, k=k, scope=scope)
+        hits = mem.recall(query, k=k, scope=scope, as_of=when)
     if as_json:
         _print_json([_hit_dict(h) for h in hits])
         return
@@ -196,8 +206,9 @@ def stats(store: Store, as_json: AsJson = False) -> None:
     if as_json:
         _print_json(asdict(s))
         return
-    typer.echo(f"items: {s.items} ({s.indexed} indexed, {s.forgotten} forgotten), events: {s.events}, "
-               f"disk: {s.disk_bytes / 1e6:.1f} MB")
+    typer.echo(f"items: {s.items} ({s.indexed} indexed, {s.queued} queued for training, {s.forgotten} forgotten), "
+               f"events: {s.events}, disk: {s.disk_bytes / 1e6:.1f} MB")
+    typer.echo(f"policy: {s.policy}")
     for title, counts in (("by kind", s.by_kind), ("by scope", s.by_scope), ("by route", s.by_route),
                           ("index kinds", s.index_kinds)):
         typer.echo(f"{title}: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "-"))
@@ -212,6 +223,110 @@ def rebuild_index(store: Store) -> None:
     typer.echo(f"rebuilt the index: {n} vectors")
     if problems:
         raise InvalidInput("index and tables still disagree: " + "; ".join(problems))
+
+
+policy_app = typer.Typer(help="Check, set, explain and test routing policies.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(file: Annotated[str, typer.Argument(help="Policy YAML file, or preset:NAME.")]) -> None:
+    """Validate a policy file; errors name the line, the key path and the accepted values."""
+    from engramma.policies import load_policy
+
+    policy = load_policy(file)
+    typer.echo(f"{file}: ok (policy {policy.name!r}, {len(policy.rules)} rules, default {policy.spec.default.value}, "
+               f"hash {policy.content_hash})")
+
+
+@policy_app.command("set")
+def policy_set(store: Store, file: Annotated[str, typer.Argument(help="Policy YAML file, or preset:NAME.")]) -> None:
+    """Make FILE the store's policy from now on (earlier decisions keep the policy that made them)."""
+    from engramma.policies import load_policy
+
+    load_policy(file)  # refuse a broken file before touching the store
+    with _open(store, policy=file) as mem:
+        typer.echo(f"{store}: policy is now {mem.live_policy.origin} ({mem.policy.content_hash})")
+
+
+@policy_app.command("explain")
+def policy_explain(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")], as_json: AsJson = False) -> None:
+    """Show an item's signals, the rule that matched and why each earlier rule did not."""
+    with _open(store) as mem:
+        ex = mem.explain(item_id)
+    if as_json:
+        _print_json({"id": ex.id, "status": ex.status, "route": ex.route, "rule": ex.rule, "reasons": ex.reasons,
+                     "signals": ex.signals, "policy": {"name": ex.policy_name, "hash": ex.policy_hash},
+                     "rules": [{"rule": t.rule, "matched": t.matched, "why": t.why} for t in ex.traces]})
+        return
+    typer.echo(f"item {ex.id} ({ex.status}, {ex.item.kind.value}, {ex.item.scope}): {ex.item.text}")
+    typer.echo(f"route: {ex.route} by rule {ex.rule!r} of policy {ex.policy_name} ({ex.policy_hash})")
+    typer.echo("signals: " + ", ".join(f"{k}={v}" for k, v in ex.signals.items() if k != "content_hash"))
+    for trace in ex.traces:
+        mark = "matched" if trace.matched else "no"
+        typer.echo(f"  {mark:>7}  {trace.rule}: {'; '.join(trace.why) or 'no conditions'}")
+    if ex.rule == "default":
+        typer.echo("  no rule matched: the default route applied")
+    for reason in ex.reasons:
+        if reason.startswith(("PII found", "supersedes")):
+            typer.echo(f"  note: {reason}")
+
+
+@policy_app.command("test")
+def policy_test(
+    policy: Annotated[str, typer.Argument(help="Policy YAML file, or preset:NAME.")],
+    file: Annotated[Path, typer.Argument(help="JSONL items; an item may carry expected_route to compare.")],
+    as_json: AsJson = False,
+) -> None:
+    """Dry run: route every item of FILE through POLICY in a scratch store; exit 1 on any expected_route mismatch."""
+    import tempfile
+
+    from engramma.memory import Item, Memory
+    from engramma.policies import load_policy
+
+    load_policy(policy)
+    if not file.is_file():
+        raise InvalidInput(f"{file}: no such file")
+    expected: list[tuple[int, str | None]] = []
+    items: list[Item] = []
+    for line_no, line in enumerate(file.open(encoding="utf-8"), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            want = data.pop("expected_route", None) if isinstance(data, dict) else None
+            items.append(Item.from_dict(data))
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{file}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except InvalidItem as e:
+            raise InvalidInput(f"{file}:{line_no}: {e}") from None
+        if want is not None and want not in ("index", "train", "both", "drop"):
+            raise InvalidInput(f"{file}:{line_no}: expected_route {want!r} is not one of index, train, both, drop")
+        expected.append((line_no, want))
+    with tempfile.TemporaryDirectory(prefix="engramma-policy-test-") as scratch:
+        with Memory.open(Path(scratch) / "store", policy=policy) as mem:
+            records = [mem.observe(item) for item in items]  # one by one: each item sees those before it
+    routes: dict[str, int] = {}
+    rules: dict[str, int] = {}
+    mismatches = []
+    for (line_no, want), record in zip(expected, records):
+        routes[record.route] = routes.get(record.route, 0) + 1
+        rules[record.rule] = rules.get(record.rule, 0) + 1
+        if want is not None and want != record.route:
+            mismatches.append({"line": line_no, "expected": want, "got": record.route, "rule": record.rule,
+                               "text": record.item.text[:80]})
+    if as_json:
+        _print_json({"items": len(records), "routes": routes, "rules": rules, "mismatches": mismatches})
+    else:
+        typer.echo(f"{len(records)} items: " + ", ".join(f"{r} {n}" for r, n in sorted(routes.items())))
+        typer.echo("by rule: " + ", ".join(f"{r} {n}" for r, n in sorted(rules.items(), key=lambda x: -x[1])))
+        for m in mismatches:
+            typer.echo(f"{file}:{m['line']}: expected {m['expected']}, got {m['got']} (rule {m['rule']}): {m['text']}",
+                       err=True)
+        checked = sum(want is not None for _, want in expected)
+        typer.echo(f"expected routes: {checked - len(mismatches)}/{checked} as expected")
+    if mismatches:
+        raise typer.Exit(1)
 
 
 def _stderr_console():

@@ -2,8 +2,8 @@
 
     python examples/fast_memory_demo.py [--store PATH] [--days N]
 
-Runs offline on the bundled MiniLM embedder. Until the policy engine lands every item routes to the index;
-for a keyed fact whose value changed, the demo reads the newest value among the hits.
+Runs offline on the bundled MiniLM embedder, routed by the default policy preset: secrets and repeats are
+dropped, private details stay in their user's index, a new value of a keyed fact supersedes the old one.
 """
 from __future__ import annotations
 
@@ -12,27 +12,19 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import timedelta
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support_stream import QUESTIONS, USER_DETAILS, stream  # noqa: E402
+from support_stream import QUESTIONS, START, USER_DETAILS, stream  # noqa: E402
 
 from engramma import Memory  # noqa: E402
 
 console = Console()
-
-
-def newest_per_key(hits):
-    """Among hits for the same keyed fact, keep the latest value: the agent's reading of a changed fact."""
-    best = {}
-    for hit in hits:
-        slot = hit.item.key or f"#{hit.id}"
-        if slot not in best or hit.item.ts > best[slot].item.ts:
-            best[slot] = hit
-    return sorted(best.values(), key=lambda h: -h.score)
 
 
 def main() -> None:
@@ -48,24 +40,25 @@ def main() -> None:
         mem = Memory.open(folder)
         mem.embedder.embed(["warm up"])
 
-    days = Table(title="Ingest, day by day", title_justify="left")
-    for column in ("day", "items", "product facts", "user details", "chatter", "items/s"):
-        days.add_column(column, justify="right")
+    days = Table(title=f"Ingest, day by day (policy {mem.policy.name})", title_justify="left")
+    for column in ("day", "items", "index", "both", "train", "drop", "top rules", "items/s"):
+        days.add_column(column, justify="right" if column != "top rules" else "left")
     for day, items in stream(args.days):
         t = time.perf_counter()
         records = mem.observe_many(items)
         rate = len(records) / (time.perf_counter() - t)
-        kinds = [r.item.scope.split(":")[0] for r in records]
-        days.add_row(str(day + 1), str(len(records)), str(kinds.count("global")), str(kinds.count("user")),
-                     str(kinds.count("session")), f"{rate:.0f}")
+        routes = Counter(r.route for r in records)
+        rules = ", ".join(f"{rule} {n}" for rule, n in Counter(r.rule for r in records).most_common(3))
+        days.add_row(str(day + 1), str(len(records)), *(str(routes[r]) for r in ("index", "both", "train", "drop")),
+                     rules, f"{rate:.0f}")
     console.print(days)
 
-    answers = Table(title="Recall with paraphrased questions (k=8, newest value per key)", title_justify="left")
+    answers = Table(title="Recall with paraphrased questions (current values only)", title_justify="left")
     for column in ("question", "asked as", "best answer", "cos", "ok"):
         answers.add_column(column)
     correct = 0
     for question, scope, expected in QUESTIONS:
-        hits = newest_per_key(mem.recall(question, k=8, scope=scope))
+        hits = mem.recall(question, k=3, scope=scope)
         top = hits[0] if hits else None
         ok = top is not None and expected.lower() in top.text.lower()
         correct += ok
@@ -84,6 +77,9 @@ def main() -> None:
     console.print(f"forget(scope='user:alice'): {forgotten} items erased; her contact detail now recalled: "
                   f"{any('alice@' in h.text for h in after)}")
 
+    refund = mem.recall(QUESTIONS[0][0], k=1, as_of=START + timedelta(days=1))[0].text
+    console.print(f"as_of day 2, the refund rule was: {refund!r}")
+
     s = mem.stats()
     table = Table(title="Store", title_justify="left", show_header=False)
     table.add_row("items kept", str(s.items))
@@ -98,7 +94,7 @@ def main() -> None:
 
     shutil.rmtree(folder / "index")  # the index is a view: deleting it costs a rebuild, never data
     with Memory.open(folder) as mem:
-        same = newest_per_key(mem.recall(QUESTIONS[0][0], k=8))[0].text
+        same = mem.recall(QUESTIONS[0][0], k=1)[0].text
         console.print(f"index deleted and rebuilt from DuckDB on reopen: {len(mem.view)} vectors, "
                       f"consistent: {mem.check() == []}, first answer still: {same!r}")
     console.print(f"\nstore: {folder}   ({time.perf_counter() - started:.1f} s)")

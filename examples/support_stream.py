@@ -37,6 +37,13 @@ USER_DETAILS = {
     ],
 }
 
+# Tone and format corrections from the team lead: trusted, so the default policy queues them for training too.
+CORRECTIONS = [
+    "Always sign off with 'Kind regards, the Kettle team'.",
+    "Give refund deadlines as a number of days, never as a date.",
+    "Answer in two short paragraphs at most.",
+]
+
 CHATTER = [
     "Customer said thanks and closed the chat.",
     "Customer asked whether we are a real company.",
@@ -78,6 +85,9 @@ def stream(days: int = 5, seed: int = 7) -> list[tuple[int, list[Item]]]:
             for text in details[: 1 + day]:
                 items.append(Item(text=text, kind="fact", scope=scope, source="user",
                                   ts=at + timedelta(minutes=rng.randint(0, 480))))
+        for text in CORRECTIONS[: day + 1]:
+            items.append(Item(text=text, kind="correction", scope="global", source="admin",
+                              ts=at + timedelta(minutes=rng.randint(0, 480))))
         for _ in range(rng.randint(20, 30)):
             items.append(Item(text=rng.choice(CHATTER), kind="conversation", scope=f"session:d{day}",
                               source="chat", ts=at + timedelta(minutes=rng.randint(0, 480))))

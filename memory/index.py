@@ -47,11 +47,24 @@ def _as_vectors(vectors, dim: int) -> np.ndarray:
     return vectors
 
 
+PARALLEL_QUERIES = 64  # below this many queries, search on one thread
+
+
 def _search(index: faiss.Index, queries: np.ndarray, k: int, **params) -> tuple[np.ndarray, np.ndarray]:
     queries = _as_vectors(queries, index.d)
     if index.ntotal == 0 or k <= 0:
         return (np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1, np.int64))
-    scores, ids = index.search(queries, k, **params)
+    if len(queries) < PARALLEL_QUERIES:
+        # A few queries finish faster on one thread than it takes OpenMP to wake a team (several ms on a
+        # busy 2-core machine); the caller's thread setting is restored afterwards.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = index.search(queries, k, **params)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    else:
+        scores, ids = index.search(queries, k, **params)
     scores[ids < 0] = -np.inf
     return scores, ids
 
@@ -234,10 +247,17 @@ class AutoIndex:
         return self.inner.to_bytes()
 
     @classmethod
-    def from_bytes(cls, blob: bytes, *, ivf_threshold: int = IVF_THRESHOLD, trained_size: int = 0) -> AutoIndex:
+    def from_bytes(cls, blob: bytes, *, ivf_threshold: int = IVF_THRESHOLD,
+                   trained_size: int | None = None) -> AutoIndex:
         index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         inner = IVFIndex(index) if isinstance(index, faiss.IndexIVF) else FlatIndex(index.d, index)
+        if trained_size is None:  # not stored in the bytes; with 0 an IVF index would retrain on every add
+            trained_size = len(inner) if inner.kind == "ivf" else 0
         return cls(index.d, ivf_threshold=ivf_threshold, inner=inner, trained_size=trained_size)
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(Path(path), self.to_bytes())
+
+    @classmethod
+    def load(cls, path: Path, *, ivf_threshold: int = IVF_THRESHOLD, trained_size: int | None = None) -> AutoIndex:
+        return cls.from_bytes(Path(path).read_bytes(), ivf_threshold=ivf_threshold, trained_size=trained_size)

@@ -23,15 +23,17 @@ import pyarrow as pa
 from engramma.errors import InvalidItem, ItemNotFound, StoreError
 from engramma.memory.embed import DEFAULT_EMBEDDER, Embedder, SentenceEmbedder
 from engramma.memory.index import IVF_THRESHOLD
-from engramma.memory.store import DB_FILE, EVENTS_SCHEMA, Store, insert, items_schema, scalar
-from engramma.memory.types import Hit, Item, Probe, Record, Stats, check_scope
+from engramma.memory.routing import route_batch
+from engramma.memory.store import DB_FILE, EVENTS_SCHEMA, QUEUE_SCHEMA, Store, insert, items_schema, scalar
+from engramma.memory.types import Explanation, Hit, Item, Probe, Record, Stats, check_scope
 from engramma.memory.view import CheckpointUnusable, IndexView
-from engramma.policies import INDEX_EVERYTHING, Decision, Policy, Route, Signals, decide
+from engramma.policies import Decision, LivePolicy, Policy, Route, Signals, explain, parse_policy
 
 CHECKPOINT = Path("index") / "checkpoint.bin"
 KNOWN_DIMS = {DEFAULT_EMBEDDER: 384}  # lets a new store be created without loading the model
 
-ITEM_COLUMNS = ("id, kind, scope, text, source, key, prompt, response, probe_question, probe_answer, meta, ts")
+ITEM_COLUMNS = "id, kind, scope, text, source, key, prompt, response, probe_question, probe_answer, meta, ts"
+DEFAULT_POLICY = "preset:default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,15 @@ def _item_from_row(row: tuple) -> tuple[int, Item]:
     return int(item_id), item
 
 
+def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None) -> LivePolicy:
+    if isinstance(asked, Policy):
+        return LivePolicy.fixed(asked)
+    if asked is not None:
+        origin = str(asked) if str(asked).startswith("preset:") else str(Path(asked).resolve())
+        return LivePolicy(origin)
+    return LivePolicy(stored or DEFAULT_POLICY)
+
+
 def naive_utc(ts: datetime) -> datetime:
     return ts.astimezone(timezone.utc).replace(tzinfo=None)
 
@@ -58,23 +69,30 @@ def naive_utc(ts: datetime) -> datetime:
 class Memory:
     """One store folder, opened by `Memory.open(path)`. Safe to share between threads and processes."""
 
-    def __init__(self, folder: Path, store: Store, embedder: Embedder, config: MemoryConfig,
-                 policy: Policy = INDEX_EVERYTHING):
+    def __init__(self, folder: Path, store: Store, embedder: Embedder, config: MemoryConfig, policy: LivePolicy):
         self.folder = folder
         self.store = store
         self.embedder = embedder
         self.config = config
-        self.policy = policy
+        self.live_policy = policy
         self.view = IndexView(0, embedder.name, ivf_threshold=config.ivf_threshold)
         self._head_fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
         self._seen_head = -1
         self._checkpoint_seq = 0
         self._next_id = 1  # ids are assigned under the write lock, after syncing with other writers
+        self._unindexed_kept = 0  # kept items outside the index (train-only): duplicates are found by hash
+        self._recorded_policies: set[str] = set()
+        self._closed = False
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, embedder: str | Embedder | None = None,
-             config: MemoryConfig | None = None) -> Memory:
-        """Open the store folder at `path`, creating it if needed. The embedder defaults to the store's own."""
+             policy: str | os.PathLike | Policy | None = None, config: MemoryConfig | None = None) -> Memory:
+        """Open the store folder at `path`, creating it if needed.
+
+        `embedder` defaults to the store's own. `policy` is a YAML file, `preset:NAME` or a loaded `Policy`;
+        a file or preset named here becomes the store's policy, and without one the store keeps its own (the
+        default preset for a new store). A policy file is re-read when it changes.
+        """
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
             raise StoreError(f"{folder}: exists and is not a folder")
@@ -89,6 +107,8 @@ class Memory:
             with store.transaction() as con:
                 exists = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
                 stored_embedder = scalar(con, "SELECT value FROM meta WHERE key = 'embedder'") if exists else None
+                stored_policy = scalar(con, "SELECT value FROM meta WHERE key = 'policy'") if exists else None
+            live = _live_policy(policy, stored_policy)
             if isinstance(embedder, str) or embedder is None:
                 name = embedder or stored_embedder or DEFAULT_EMBEDDER
                 embedder = SentenceEmbedder(name)
@@ -98,9 +118,11 @@ class Memory:
                     "naming an embedder, or ingest into a new store"
                 )
             dim = KNOWN_DIMS.get(embedder.name) or embedder.dim
-            memory = cls(folder, store, embedder, config)
+            memory = cls(folder, store, embedder, config, live)
             with store.transaction() as con:
                 meta = store.ensure_schema(con, dim=dim, embedder=embedder.name)
+                if live.origin != meta.get("policy"):
+                    con.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)", [live.origin])
                 memory.view = IndexView(int(meta["dim"]), embedder.name, ivf_threshold=config.ivf_threshold)
                 memory._items_schema = items_schema(int(meta["dim"]))
                 memory._load_view(con)
@@ -112,9 +134,22 @@ class Memory:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             raise
 
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (re-read from its file if that changed)."""
+        return self.live_policy.current()
+
+    @property
+    def policy_error(self) -> str | None:
+        """Why the last edit of the policy file was refused (the previous policy stays in force), if it was."""
+        self.live_policy.current()
+        return self.live_policy.error
+
     # -- the view -----------------------------------------------------------------------------------------
 
     def _read_head(self) -> int:
+        if self._closed:  # the fd number may already belong to another file
+            raise StoreError(f"{self.folder}: the store is closed")
         data = os.pread(self._head_fd, 8, 0)
         return struct.unpack("<q", data)[0] if len(data) == 8 else 0
 
@@ -125,9 +160,8 @@ class Memory:
         """Load every indexed item, take vectors from the checkpoint, reconcile what changed since."""
         head = self._read_head()
         db_seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
-        rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE in_index").fetchall()
         view = self.view
-        view.items = dict(_item_from_row(r) for r in rows)
+        self._read_indexed_items(con)
         try:
             view.load_vectors(self.folder / CHECKPOINT)
             if view.seq > db_seq:
@@ -143,8 +177,17 @@ class Memory:
             view.indexes = {}
             self._index_from_db(con, list(view.items))
         view.seq = db_seq
-        self._next_id = scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
+        self._read_counters(con)
         self._seen_head = head
+
+    def _read_indexed_items(self, con) -> None:
+        rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index").fetchall()
+        self.view.items = dict(_item_from_row(r[:12]) for r in rows)
+        self.view.valid_to = {int(r[0]): r[12].replace(tzinfo=timezone.utc) for r in rows if r[12] is not None}
+
+    def _read_counters(self, con) -> None:
+        self._next_id = scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
+        self._unindexed_kept = scalar(con, "SELECT count(*) FROM items WHERE status = 'kept' AND NOT in_index")
 
     @staticmethod
     def _touched_since(con, seq: int) -> list[int]:
@@ -166,15 +209,20 @@ class Memory:
         db_seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
         if db_seq > self.view.seq:
             touched = self._touched_since(con, self.view.seq)
-            rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE in_index AND id IN (SELECT unnest(?))",
+            rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index AND id IN (SELECT unnest(?))",
                                [touched]).fetchall()
-            present = dict(_item_from_row(r) for r in rows)
+            present = dict(_item_from_row(r[:12]) for r in rows)
             self.view.remove([i for i in touched if i not in present])
+            for r in rows:  # a supersession changes an indexed item's validity, not its vector
+                if r[12] is None:
+                    self.view.valid_to.pop(int(r[0]), None)
+                else:
+                    self.view.valid_to[int(r[0])] = r[12].replace(tzinfo=timezone.utc)
             new = [i for i in present if i not in self.view.items]
             self.view.items.update((i, present[i]) for i in new)
             self._index_from_db(con, new)
             self.view.seq = db_seq
-            self._next_id = scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
+            self._read_counters(con)
         self._seen_head = head
 
     def _sync_if_stale(self, con=None) -> None:
@@ -215,29 +263,65 @@ class Memory:
             return []
         now = datetime.now(timezone.utc)
         items = [item if item.ts is not None else item.with_ts(now) for item in items]
+        policy = self.live_policy.current()
         vectors = self.embedder.embed([item.text for item in items])  # outside the lock: the slow part
-        decisions = [decide(item, Signals(item.content_hash, len(item.text)), self.policy) for item in items]
 
         with self.store.transaction() as con:
             self._sync_if_stale(con)
             ids = list(range(self._next_id, self._next_id + len(items)))
-            seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(items)))
-            self._insert_items(con, ids, items, decisions, vectors, now)
-            self._insert_events(con, seqs, "observe", ids, [item.scope for item in items], now)
-            self._write_head(seqs[-1])  # before commit: a reader that sees it waits for our lock, then syncs
+            routed = route_batch(con, items, vectors, ids, view=self.view, scopes_of=self.visible_scopes,
+                                 policy=policy, now=now, naive=naive_utc, unindexed_kept=self._unindexed_kept)
+            decisions = routed.decisions
+            self._record_policy(con, policy, now)
+            self._insert_items(con, ids, items, routed, vectors, now, policy)
+            trained = [n for n, d in enumerate(decisions) if d.route.trained]
+            insert(con, "queue", {
+                "item_id": [ids[n] for n in trained], "status": ["pending"] * len(trained),
+                "train_scope": [decisions[n].train_scope for n in trained],
+                "priority": [decisions[n].priority for n in trained],
+                "enqueued_at": [naive_utc(now)] * len(trained), "corrects": [routed.corrects[n] for n in trained],
+            }, QUEUE_SCHEMA)
+            old = sorted(i for i in routed.superseded if i not in set(ids))
+            if old:
+                con.execute("UPDATE items SET valid_to = v.t FROM (SELECT unnest(?) AS id, unnest(?) AS t) v "
+                            "WHERE items.id = v.id", [old, [naive_utc(routed.superseded[i]) for i in old]])
+            seq = self.view.seq
+            self._insert_events(con, list(range(seq + 1, seq + 1 + len(ids))), "observe", ids,
+                                [item.scope for item in items], now)
+            seq += len(ids)
+            if old:
+                self._insert_events(con, list(range(seq + 1, seq + 1 + len(old))), "supersede", old,
+                                    [None] * len(old), now)
+                seq += len(old)
+            self._write_head(seq)  # before commit: a reader that sees it waits for our lock, then syncs
         self._next_id += len(items)
-        self._seen_head = seqs[-1]
-        self.view.seq = seqs[-1]
+        self._unindexed_kept += sum(d.route is Route.TRAIN for d in decisions)
+        self._seen_head = self.view.seq = seq
         indexed = [n for n, d in enumerate(decisions) if d.route.indexed]
         if indexed:
             self.view.add([ids[n] for n in indexed], [items[n] for n in indexed], vectors[indexed])
+        for n in indexed:
+            if routed.valid_to[n] is not None:
+                self.view.valid_to[ids[n]] = routed.valid_to[n]
+        for item_id, until in routed.superseded.items():
+            if item_id in self.view.items:
+                self.view.valid_to[item_id] = until
         self._maybe_checkpoint()
-        return [Record(id=i, item=item, route=d.route.value, rule=d.rule, observed_at=now, in_index=d.route.indexed)
+        return [Record(id=i, item=item, route=d.route.value, rule=d.rule, observed_at=now, in_index=d.route.indexed,
+                       reasons=d.reasons)
                 for i, item, d in zip(ids, items, decisions)]
 
-    def _insert_items(self, con, ids: list[int], items: list[Item], decisions: list[Decision], vectors: np.ndarray,
-                      now: datetime) -> None:
+    def _record_policy(self, con, policy: Policy, now: datetime) -> None:
+        """Keep the text of every policy that decides, so its decisions can be explained later."""
+        if policy.content_hash not in self._recorded_policies:
+            con.execute("INSERT OR IGNORE INTO policies VALUES (?, ?, ?, ?, ?)",
+                        [policy.content_hash, policy.name, policy.origin, policy.text, naive_utc(now)])
+            self._recorded_policies.add(policy.content_hash)
+
+    def _insert_items(self, con, ids: list[int], items: list[Item], routed, vectors: np.ndarray,
+                      now: datetime, policy: Policy) -> None:
         n = len(ids)
+        decisions: list[Decision] = routed.decisions
         kept = [d.route is not Route.DROP for d in decisions]
 
         def unless_dropped(values: list) -> list:  # a dropped item's text is never stored
@@ -259,6 +343,7 @@ class Memory:
             "meta": unless_dropped([json.dumps(item.meta) for item in items]),
             "ts": [naive_utc(item.ts) for item in items],
             "observed_at": [naive_utc(now)] * n,
+            "valid_to": [naive_utc(t) if t is not None else None for t in routed.valid_to],
             "in_index": [d.route.indexed for d in decisions],
             "vector": unless_dropped(list(vectors)),
             "route": [d.route.value for d in decisions],
@@ -267,8 +352,11 @@ class Memory:
             "ttl_seconds": [d.ttl_seconds for d in decisions],
             "train_scope": [d.train_scope for d in decisions],
             "priority": [d.priority for d in decisions],
-            "policy_name": [self.policy.name] * n,
-            "policy_hash": [self.policy.content_hash] * n,
+            "policy_name": [policy.name] * n,
+            "policy_hash": [policy.content_hash] * n,
+            "after_consolidation": [d.after_consolidation for d in decisions],
+            "duplicate_of": [s.duplicate_of for s in routed.signals],
+            "signals": [json.dumps(s.as_dict()) for s in routed.signals],
         }, self._items_schema)
 
     def _insert_events(self, con, seqs: list[int], op: str, ids: list[int], scopes: list[str | None],
@@ -306,6 +394,7 @@ class Memory:
             seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
             self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
             self._write_head(seqs[-1])
+            self._read_counters(con)
         self._seen_head = self.view.seq = seqs[-1]
         self.view.remove(ids)
         self._maybe_checkpoint()
@@ -319,15 +408,21 @@ class Memory:
             check_scope(s, "recall scope")
         return list(dict.fromkeys([*asked, *self.config.shared_scopes]))
 
-    def recall(self, query: str, k: int = 5, scope: str | Sequence[str] = "global") -> list[Hit]:
+    def recall(self, query: str, k: int = 5, scope: str | Sequence[str] = "global", *,
+               as_of: datetime | None = None) -> list[Hit]:
         """The k items most similar to `query` among `scope` and the shared scopes (by default `global`).
 
-        Items with identical content (the same fact heard again) count once, as their newest observation.
+        Only current items count: a keyed fact's superseded values and expired items are left out, unless
+        `as_of` asks for what was current at that time. Items with identical content (the same fact heard
+        again) count once, as their newest observation.
         """
         if not isinstance(query, str) or not query.strip():
             raise InvalidItem("query: must be a non-empty string")
         if k < 1:
             raise InvalidItem(f"k: must be at least 1, got {k}")
+        if as_of is not None and as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=timezone.utc)
+        at = as_of or datetime.now(timezone.utc)
         scopes = self.visible_scopes(scope)
         vector = self.embedder.embed([query])[0]
         self._sync_if_stale()
@@ -337,6 +432,8 @@ class Memory:
             hits: dict[str, Hit] = {}
             for item_id, score in found:
                 item = self.view.items[item_id]
+                if not self.view.is_current(item_id, at) or (as_of is not None and item.ts > as_of):
+                    continue
                 seen = hits.get(item.content_hash)
                 if seen is None or item.ts > seen.item.ts:
                     hits[item.content_hash] = Hit(id=item_id, score=max(score, seen.score if seen else score),
@@ -347,15 +444,39 @@ class Memory:
 
     def get(self, item_id: int) -> Record:
         with self.store.transaction() as con:
-            rows = con.execute(f"SELECT {ITEM_COLUMNS}, route, rule, observed_at, in_index FROM items "
+            rows = con.execute(f"SELECT {ITEM_COLUMNS}, route, rule, observed_at, in_index, reasons FROM items "
                                "WHERE id = ? AND status = 'kept'", [int(item_id)]).fetchall()
         row = rows[0] if rows else None
         if row is None:
             raise ItemNotFound(f"no item {item_id} in {self.folder} (never observed, dropped or forgotten)")
         _, item = _item_from_row(row[:12])
-        route, rule, observed_at, in_index = row[12:]
+        route, rule, observed_at, in_index, reasons = row[12:]
         return Record(id=int(item_id), item=item, route=route, rule=rule,
-                      observed_at=observed_at.replace(tzinfo=timezone.utc), in_index=in_index)
+                      observed_at=observed_at.replace(tzinfo=timezone.utc), in_index=in_index,
+                      reasons=tuple(json.loads(reasons)))
+
+    def explain(self, item_id: int) -> Explanation:
+        """Why an item went where it went: its signals, the rule that matched and why each earlier one did not,
+        judged again with the policy that decided (kept by hash), even for dropped or forgotten items."""
+        with self.store.transaction() as con:
+            rows = con.execute(
+                "SELECT i.status, i.kind, i.scope, i.source, i.key, i.text, i.probe_question, i.probe_answer, i.meta, "
+                "i.ts, i.route, i.rule, i.reasons, i.signals, i.policy_name, i.policy_hash, p.text "
+                "FROM items i LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id = ?",
+                [int(item_id)]).fetchall()
+        if not rows:
+            raise ItemNotFound(f"no item {item_id} in {self.folder}")
+        (status, kind, scope, source, key, text, pq, pa_, meta, ts, route, rule, reasons, signals, policy_name,
+         policy_hash, policy_text) = rows[0]
+        # A dropped or forgotten item has no text or meta left; its other fields are enough to re-judge.
+        item = Item(text=text or "(not stored)", kind=kind, scope=scope, source=source, key=key,
+                    probe=Probe(pq, pa_) if pq else None, meta=json.loads(meta) if meta else {},
+                    ts=ts.replace(tzinfo=timezone.utc))
+        sig = Signals.from_dict(json.loads(signals))
+        traces = explain(item, sig, parse_policy(policy_text, f"policy {policy_name}")) if policy_text else []
+        return Explanation(id=int(item_id), status=status, item=item, route=route, rule=rule,
+                           reasons=tuple(json.loads(reasons)), signals=sig.as_dict(), policy_name=policy_name,
+                           policy_hash=policy_hash, traces=tuple(traces))
 
     def stats(self) -> Stats:
         with self.store.transaction() as con:
@@ -367,13 +488,15 @@ class Memory:
                 "SELECT scope, count(*) FROM items WHERE status = 'kept' GROUP BY ALL ORDER BY 1").fetchall())
             by_route = dict(con.execute("SELECT route, count(*) FROM items GROUP BY ALL ORDER BY 1").fetchall())
             forgotten = scalar(con, "SELECT count(*) FROM items WHERE status = 'forgotten'")
+            queued = scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending'")
             events = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
         kinds: dict[str, int] = {}
         for index in self.view.indexes.values():
             kinds[index.kind] = kinds.get(index.kind, 0) + 1
         disk = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
-        return Stats(items=items, indexed=len(self.view), forgotten=forgotten, events=events, by_kind=by_kind, by_scope=by_scope,
-                     by_route=by_route, index_kinds=kinds, disk_bytes=disk)
+        return Stats(items=items, indexed=len(self.view), forgotten=forgotten, events=events, by_kind=by_kind,
+                     by_scope=by_scope, by_route=by_route, queued=queued, index_kinds=kinds, disk_bytes=disk,
+                     policy=self.live_policy.origin)
 
     def check(self) -> list[str]:
         """Problems where the index view and the tables disagree; empty when consistent."""
@@ -393,8 +516,7 @@ class Memory:
     def rebuild_index(self) -> int:
         """Rebuild the FAISS view from the vectors in DuckDB and checkpoint it. Returns the vector count."""
         with self.store.transaction() as con:
-            rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE in_index").fetchall()
-            self.view.items = dict(_item_from_row(r) for r in rows)
+            self._read_indexed_items(con)
             self.view.indexes = {}
             self._index_from_db(con, list(self.view.items))
             self.view.seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
@@ -403,15 +525,15 @@ class Memory:
         return len(self.view)
 
     def close(self) -> None:
-        if self.store is None:
+        if self._closed:
             return
+        self._closed = True  # the closed store stays, so that later calls raise StoreError, not AttributeError
         try:
             if self.view.seq != self._checkpoint_seq:
                 self.save_checkpoint()
         finally:
             self.store.close()
             os.close(self._head_fd)
-            self.store = None
 
     def __enter__(self) -> Memory:
         return self

@@ -59,7 +59,18 @@ def schema_v1(dim: int) -> list[str]:
             train_scope VARCHAR,
             priority INTEGER NOT NULL,
             policy_name VARCHAR NOT NULL,
-            policy_hash VARCHAR NOT NULL
+            policy_hash VARCHAR NOT NULL,
+            after_consolidation VARCHAR NOT NULL,  -- keep | evict
+            duplicate_of BIGINT,
+            signals JSON NOT NULL
+        )""",
+        # Every policy that ever decided, so an old decision can be explained with the rules it was made by.
+        """CREATE TABLE policies (
+            content_hash VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            origin VARCHAR NOT NULL,
+            text VARCHAR NOT NULL,
+            first_used_at TIMESTAMP NOT NULL
         )""",
         # INVARIANT: append-only; seq is dense and increasing. The FAISS view replays it.
         """CREATE TABLE events (
@@ -78,7 +89,8 @@ def schema_v1(dim: int) -> list[str]:
             enqueued_at TIMESTAMP NOT NULL,
             lease_owner VARCHAR,
             lease_expires TIMESTAMP,
-            attempts INTEGER NOT NULL DEFAULT 0
+            attempts INTEGER NOT NULL DEFAULT 0,
+            corrects BIGINT                      -- the superseded item this one corrects, if any
         )""",
         """CREATE TABLE adapters (
             version VARCHAR PRIMARY KEY,
@@ -117,7 +129,12 @@ def items_schema(dim: int) -> pa.Schema:
         ("vector", pa.list_(pa.float32(), dim)), ("route", pa.string()), ("rule", pa.string()),
         ("reasons", pa.string()), ("ttl_seconds", pa.float64()), ("train_scope", pa.string()),
         ("priority", pa.int32()), ("policy_name", pa.string()), ("policy_hash", pa.string()),
+        ("after_consolidation", pa.string()), ("duplicate_of", pa.int64()), ("signals", pa.string()),
     ])
+
+
+QUEUE_SCHEMA = pa.schema([("item_id", pa.int64()), ("status", pa.string()), ("train_scope", pa.string()),
+                          ("priority", pa.int32()), ("enqueued_at", pa.timestamp("us")), ("corrects", pa.int64())])
 
 
 EVENTS_SCHEMA = pa.schema([("seq", pa.int64()), ("op", pa.string()), ("item_id", pa.int64()),

@@ -152,6 +152,7 @@ class Record:
     rule: str
     observed_at: datetime
     in_index: bool
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,24 @@ class Stats:
     by_kind: dict[str, int]
     by_scope: dict[str, int]
     by_route: dict[str, int]  # every decision ever made, forgotten and dropped items included
+    queued: int  # items waiting in the training queue
     index_kinds: dict[str, int]  # how many scopes use each index kind ("flat", "ivf")
     disk_bytes: int
+    policy: str  # the policy file (or preset) in force
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why an item was routed as it was (see `Memory.explain`)."""
+
+    id: int
+    status: str  # kept | dropped | forgotten
+    item: Item  # a dropped or forgotten item's text reads "(not stored)"
+    route: str
+    rule: str
+    reasons: tuple[str, ...]
+    signals: dict[str, Any]
+    policy_name: str
+    policy_hash: str
+    traces: tuple[Any, ...]  # policies.RuleTrace: each rule tried, in order, up to the one that matched
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ class IndexView:
         self.seq = 0  # last event seq reflected
         self.indexes: dict[str, AutoIndex] = {}
         self.items: dict[int, Item] = {}  # every indexed item, by id
+        # Items that stop being current at some time: superseded by a newer value, or given a ttl.
+        self.valid_to: dict[int, datetime] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,6 +73,7 @@ class IndexView:
     def remove(self, ids) -> int:
         by_scope: dict[str, list[int]] = {}
         for item_id in ids:
+            self.valid_to.pop(int(item_id), None)
             item = self.items.pop(int(item_id), None)
             if item is not None:
                 by_scope.setdefault(item.scope, []).append(int(item_id))
@@ -80,17 +84,30 @@ class IndexView:
                 del self.indexes[scope]
         return sum(len(v) for v in by_scope.values())
 
+    def is_current(self, item_id: int, at: datetime) -> bool:
+        """Not yet superseded by a newer value, nor expired, at time `at`."""
+        end = self.valid_to.get(item_id)
+        return end is None or end > at
+
     def search(self, query: np.ndarray, scopes: list[str], k: int) -> list[tuple[int, float]]:
         """Top-k (id, cosine) over the union of `scopes`, best first."""
-        found: list[tuple[float, int]] = []
-        for scope in scopes:
+        return self.search_many(query.reshape(1, -1), [scopes], k)[0]
+
+    def search_many(self, queries: np.ndarray, scopes: list[list[str]], k: int) -> list[list[tuple[int, float]]]:
+        """For each query row, top-k (id, cosine) over the union of its scopes; one FAISS call per scope."""
+        found: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
+        rows_of: dict[str, list[int]] = {}
+        for row, row_scopes in enumerate(scopes):
+            for scope in row_scopes:
+                rows_of.setdefault(scope, []).append(row)
+        for scope, rows in rows_of.items():
             index = self.indexes.get(scope)
             if index is None:
                 continue
-            scores, ids = index.search(query.reshape(1, -1), k)
-            found.extend((float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0)
-        found.sort(key=lambda pair: -pair[0])
-        return [(i, s) for s, i in found[:k]]
+            scores, ids = index.search(queries[rows], k)
+            for r, row in enumerate(rows):
+                found[row].extend((float(s), int(i)) for s, i in zip(scores[r], ids[r]) if i >= 0)
+        return [[(i, s) for s, i in sorted(row, key=lambda pair: -pair[0])[:k]] for row in found]
 
     def index_ids(self) -> set[int]:
         return {int(i) for index in self.indexes.values() for i in index.ids()}

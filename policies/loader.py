@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import types
 import typing
 from importlib import resources
@@ -15,10 +17,48 @@ from engramma.policies.engine import Policy
 from engramma.policies.schema import PolicyFile
 
 PRESETS = ("default", "assistant-private", "index-only")
+log = logging.getLogger("engramma")
 
 
 class PolicyError(EngrammaError, ValueError):
     """A policy file that cannot be used; the message says where and how to fix it."""
+
+
+class LivePolicy:
+    """A policy a long-running process keeps in force: re-read when its file changes (a stat per call);
+    a broken edit is refused, logged and kept in `error`, and the previous policy stays in force."""
+
+    def __init__(self, origin: str, policy: Policy | None = None):
+        self.origin = origin
+        self.error: str | None = None
+        self._signature = self._stat()
+        self._policy = policy or load_policy(origin)
+
+    @classmethod
+    def fixed(cls, policy: Policy) -> LivePolicy:
+        return cls(f"preset:{policy.name}" if policy.origin.startswith("preset:") else policy.origin, policy)
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.origin.startswith("preset:"):
+            return None
+        try:
+            st = os.stat(self.origin)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> Policy:
+        signature = self._stat()
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                self._policy = load_policy(self.origin)
+                self.error = None
+                log.info("engramma: reloaded policy %s (%s)", self.origin, self._policy.content_hash)
+            except PolicyError as e:
+                self.error = str(e)
+                log.error("engramma: policy edit refused, %s stays in force: %s", self._policy.name, e)
+        return self._policy
 
 
 def load_policy(source: str | Path) -> Policy:

@@ -1,0 +1,243 @@
+"""Routing on a real store: signals, supersession and as_of, corrections, drops, hot reload, explain."""
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engramma import Item, Memory
+from engramma.policies import load_policy
+
+T0 = datetime(2026, 3, 1, 9, tzinfo=timezone.utc)
+
+TRAIN_FACTS = """\
+version: 1
+name: train-facts
+rules:
+  - {name: secrets, when: {pii_any: [credit_card, password, api_key]}, route: drop}
+  - {name: facts, when: {kind: [fact], has_key: true}, route: both}
+default: index
+"""
+
+
+@pytest.fixture
+def open_store(tmp_path, embedder):
+    opened = []
+
+    def open_(policy=None, name="store"):
+        memory = Memory.open(tmp_path / name, embedder=embedder, policy=policy)
+        opened.append(memory)
+        return memory
+
+    yield open_
+    for memory in opened:
+        memory.close()
+
+
+def rows(store_folder, sql, params=()):
+    with duckdb.connect(str(store_folder / "engramma.duckdb"), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def test_a_new_value_supersedes_and_as_of_reads_history(open_store):
+    mem = open_store("preset:default")
+    old = mem.observe(Item(text="Refunds are accepted within 30 days.", key="refund_window", source="docs", ts=T0))
+    new = mem.observe(Item(text="Refunds are accepted within 45 days.", key="refund_window", source="docs",
+                           ts=T0 + timedelta(days=3)))
+    assert old.route == new.route == "index"
+    now_hits = mem.recall("how many days for a refund?", k=5)
+    assert [h.id for h in now_hits if h.item.key == "refund_window"] == [new.id]
+    then = mem.recall("how many days for a refund?", k=5, as_of=T0 + timedelta(days=1))
+    assert [h.id for h in then if h.item.key == "refund_window"] == [old.id]
+    before = mem.recall("how many days for a refund?", k=5, as_of=T0 - timedelta(days=1))
+    assert not [h for h in before if h.item.key == "refund_window"]
+    # A late report of an older value is history from the start: it does not replace the current one.
+    late = mem.observe(Item(text="Refunds are accepted within 14 days.", key="refund_window", source="docs",
+                            ts=T0 - timedelta(days=5)))
+    assert [h.id for h in mem.recall("refund days", k=5) if h.item.key == "refund_window"] == [new.id]
+    assert late.id in [h.id for h in mem.recall("refund days", k=5, as_of=T0 - timedelta(days=2))]
+    mem.close()
+    assert rows(mem.folder, "SELECT item_id FROM events WHERE op = 'supersede'") == [(old.id,)]
+
+
+def test_supersession_is_seen_by_another_process_view(open_store, tmp_path):
+    mem = open_store("preset:default")
+    mem.observe(Item(text="The office is in Lyon.", key="office", ts=T0))
+    code = f"""
+import sys; from datetime import datetime, timezone
+from engramma import Item, Memory
+with Memory.open(sys.argv[1]) as m:
+    m.observe(Item(text="The office is in Grenoble.", key="office", ts=datetime(2026, 3, 9, tzinfo=timezone.utc)))
+"""
+    subprocess.run([sys.executable, "-c", code, str(mem.folder)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    texts = [h.text for h in mem.recall("where is the office?", k=3)]
+    assert "The office is in Grenoble." in texts and "The office is in Lyon." not in texts
+
+
+def test_a_trained_value_is_corrected_through_the_queue(open_store):
+    mem = open_store(load_policy("preset:default"))
+    policy_file = mem.folder.parent / "train-facts.yaml"
+    policy_file.write_text(TRAIN_FACTS)
+    mem.close()
+    mem = open_store(policy_file)
+    first = mem.observe(Item(text="The API rate limit is 100 requests a minute.", key="rate_limit", ts=T0))
+    assert first.route == "both"
+    policy_file.write_text(TRAIN_FACTS.replace("route: both}", "route: index}"))  # facts no longer train...
+    second = mem.observe(Item(text="The API rate limit is 300 requests a minute.", key="rate_limit",
+                              ts=T0 + timedelta(days=1)))
+    # ...but the old value is in the queue, so the new one is queued as its correction
+    assert second.route == "both"
+    assert any("queued as a correction" in r for r in second.reasons)
+    mem.close()
+    assert rows(mem.folder, "SELECT item_id, corrects FROM queue ORDER BY item_id") == [(first.id, None),
+                                                                                          (second.id, first.id)]
+
+
+def test_a_drop_keeps_the_hash_rule_and_reason_but_not_the_text(open_store):
+    mem = open_store("preset:default")
+    secret = "my password is hunter2"
+    record = mem.observe(Item(text=secret, scope="user:alice", meta={"note": "private"}))
+    assert record.route == "drop" and record.rule == "secrets"
+    assert not mem.recall("password", k=5, scope="user:alice")
+    explanation = mem.explain(record.id)
+    assert explanation.status == "dropped" and explanation.signals["pii"] == ["password"]
+    mem.close()
+    ((status, text, meta, vector, content_hash, reasons),) = rows(
+        mem.folder, "SELECT status, text, meta, vector, content_hash, reasons FROM items WHERE id = ?", [record.id])
+    assert (status, text, meta, vector) == ("dropped", None, None, None)
+    assert content_hash == Item(text=secret, scope="user:alice").content_hash
+    assert "PII found: password" in json.loads(reasons)[0]
+    blob = (mem.folder / "engramma.duckdb").read_bytes()
+    assert b"hunter2" not in blob
+
+
+def test_signals_duplicates_recurrence_and_volatility(open_store):
+    mem = open_store("preset:default")
+    a = mem.observe(Item(text="Use pathlib instead of os.path for paths.", kind="skill", ts=T0))
+    b = mem.observe(Item(text="Use pathlib instead of os.path for paths.", kind="skill", ts=T0 + timedelta(hours=1)))
+    c = mem.observe(Item(text="Prefer pathlib over os.path for file paths.", kind="skill", ts=T0 + timedelta(hours=2)))
+    sig = {r.id: mem.explain(r.id).signals for r in (a, b, c)}
+    assert sig[a.id]["novelty"] == 1.0 and not sig[a.id]["duplicate"]
+    assert sig[b.id]["duplicate"] and sig[b.id]["duplicate_of"] == a.id and b.route == "drop"
+    assert sig[c.id]["recurrence"] == 3 and c.route == "train"  # the dropped repeat still counts
+
+    values = ["30", "45", "45", "60"]
+    recs = [mem.observe(Item(text=f"The refund window is {v} days.", key="refund", ts=T0 + timedelta(days=d)))
+            for d, v in enumerate(values)]
+    vol = [mem.explain(r.id).signals["volatility"] for r in recs]
+    assert vol[0] == 0.0 and vol[1] == 1.0 and vol[3] == pytest.approx(2 / 3, abs=1e-4)  # stored rounded
+
+
+def test_ttl_expires_an_item_from_recall(open_store):
+    mem = open_store("preset:default")
+    record = mem.observe(Item(text="Customer shared a photo of their cat.", kind="conversation",
+                              scope="session:s1", ts=datetime.now(timezone.utc) - timedelta(days=31)))
+    assert record.rule == "chatter-expires"
+    assert not mem.recall("cat photo", k=3, scope="session:s1")
+    assert mem.recall("cat photo", k=3, scope="session:s1", as_of=datetime.now(timezone.utc) - timedelta(days=30))
+
+
+def test_hot_reload_and_a_broken_edit(open_store, caplog):
+    mem = open_store("preset:default")
+    folder = mem.folder
+    mem.close()
+    path = folder.parent / "policy.yaml"
+    path.write_text("version: 1\nname: v1\ndefault: index\n")
+    mem = open_store(path)
+    assert mem.observe(Item(text="first fact")).route == "index"
+    time.sleep(0.01)
+    path.write_text("version: 1\nname: v2\ndefault: both\n")
+    assert mem.observe(Item(text="second fact about something else")).route == "both"
+    path.write_text("version: 1\nname: v3\ndefault: sideways\n")  # broken: v2 stays in force
+    with caplog.at_level("ERROR", logger="engramma"):
+        assert mem.observe(Item(text="third fact, unrelated")).route == "both"
+    assert "'sideways' is not one of" in mem.policy_error and mem.policy.name == "v2"
+    assert "policy edit refused" in caplog.text
+    path.write_text("version: 1\nname: v4\ndefault: drop\n")
+    assert mem.observe(Item(text="fourth fact, new again")).route == "drop" and mem.policy_error is None
+    # every policy that decided is kept, so old decisions still explain
+    first = mem.explain(1)
+    assert first.policy_name == "v1" and first.rule == "default"
+
+
+def test_the_store_remembers_its_policy(open_store, tmp_path):
+    mem = open_store("preset:index-only")
+    assert mem.stats().policy == "preset:index-only"
+    mem.close()
+    again = open_store()
+    assert again.policy.name == "index-only"
+
+
+def test_explain_lists_each_earlier_rule(open_store):
+    mem = open_store("preset:default")
+    record = mem.observe(Item(text="Always sign emails with 'Kind regards'.", kind="correction", source="admin"))
+    ex = mem.explain(record.id)
+    assert ex.rule == "trusted-corrections-and-preferences" and ex.route == "both"
+    assert [t.matched for t in ex.traces] == [False, False, False, False, True]
+    assert ex.traces[3].why == ("kind correction, needs in [fact]",)
+
+
+def test_policy_test_cli_exit_status(tmp_path):
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join(json.dumps(x) for x in [
+        {"text": "My card is 4111 1111 1111 1111", "expected_route": "drop"},
+        {"text": "Always answer in British English.", "kind": "correction", "source": "admin", "expected_route": "both"},
+        {"text": "The sky is blue."},
+    ]) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "engramma.cli", "policy", "test", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, env=env)
+    ok = run("preset:default", items)
+    assert ok.returncode == 0, ok.stderr
+    assert "3 items: both 1, drop 1, index 1" in ok.stdout and "2/2 as expected" in ok.stdout
+    items.write_text(items.read_text().replace('"expected_route": "both"', '"expected_route": "train"'))
+    bad = run("preset:default", items)
+    assert bad.returncode == 1
+    assert f"{items}:2: expected train, got both (rule trusted-corrections-and-preferences)" in bad.stderr
+
+
+texts = st.sampled_from([
+    "Refunds take 30 days.", "Refunds take 45 days.", "Call me on +33 6 12 34 56 78.", "Mail bob@example.org.",
+    "Use pathlib for paths.", "Prefer pathlib over os.path.", "Card 4111 1111 1111 1111.", "Say kind regards.",
+    "The office is in Lyon.", "Alice likes green tea.",
+])
+stream_items = st.builds(Item, text=texts, kind=st.sampled_from(["fact", "skill", "correction", "preference"]),
+                         scope=st.sampled_from(["global", "user:alice", "user:bob"]),
+                         source=st.sampled_from(["docs", "admin", "chat"]), key=st.sampled_from([None, "k"]))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stream=st.lists(stream_items, min_size=1, max_size=12), shared=st.booleans())
+def test_property_one_decision_each_and_pii_never_trains_shared(tmp_path_factory, embedder, stream, shared):
+    policy = tmp_path_factory.mktemp("p") / "p.yaml"
+    policy.write_text("version: 1\nname: p\ndefault: both\nrules:\n  - {name: all, when: {}, route: train, "
+                      f"train_scope: {'shared' if shared else 'own'}}}\n")
+    with Memory.open(tmp_path_factory.mktemp("s") / "store", embedder=embedder, policy=policy) as mem:
+        records = mem.observe_many(stream)
+        folder = mem.folder
+    assert len(records) == len(stream) == len({r.id for r in records})
+    queue = rows(folder, "SELECT q.train_scope, i.scope, i.signals FROM queue q JOIN items i ON i.id = q.item_id")
+    assert len(rows(folder, "SELECT id FROM items")) == len(stream)
+    for train_scope, scope, signals in queue:
+        if json.loads(signals)["pii"]:
+            assert train_scope == scope
+
+
+def test_a_new_value_is_never_a_duplicate_of_the_old_one(open_store):
+    mem = open_store("preset:default")
+    old = mem.observe(Item(text="Standard shipping costs 4.99 euros; orders over 50 euros ship free.",
+                           key="shipping_fee", source="docs", ts=T0))
+    new = mem.observe(Item(text="Standard shipping costs 5.49 euros; orders over 60 euros ship free.",
+                           key="shipping_fee", source="docs", ts=T0 + timedelta(days=2)))
+    assert new.route == "index", new.reasons  # alike sentences (cosine > 0.95), different values
+    assert mem.explain(new.id).signals["novelty"] < 0.05
+    assert [h.id for h in mem.recall("shipping cost", k=3)] == [new.id]
+    same_again = mem.observe(Item(text=new.item.text, key="shipping_fee", source="docs", ts=T0 + timedelta(days=3)))
+    assert same_again.route == "drop" and mem.explain(same_again.id).signals["duplicate_of"] == new.id
+    assert old.id not in [h.id for h in mem.recall("shipping cost", k=3)]
