@@ -203,12 +203,16 @@ def stats(store: Store, as_json: AsJson = False) -> None:
     """Counts of items by kind, scope and route, index size and disk use."""
     with _open(store) as mem:
         s = mem.stats()
+        policy_error = mem.policy_error
     if as_json:
-        _print_json(asdict(s))
+        _print_json({**asdict(s), "policy_error": policy_error})
         return
     typer.echo(f"items: {s.items} ({s.indexed} indexed, {s.queued} queued for training, {s.forgotten} forgotten), "
                f"events: {s.events}, disk: {s.disk_bytes / 1e6:.1f} MB")
     typer.echo(f"policy: {s.policy}")
+    if policy_error:
+        typer.echo(f"warning: the policy file is broken, its last good version is in force: {policy_error}",
+                   err=True)
     for title, counts in (("by kind", s.by_kind), ("by scope", s.by_scope), ("by route", s.by_route),
                           ("index kinds", s.index_kinds)):
         typer.echo(f"{title}: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "-"))

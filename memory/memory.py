@@ -53,13 +53,15 @@ def _item_from_row(row: tuple) -> tuple[int, Item]:
     return int(item_id), item
 
 
-def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None) -> LivePolicy:
+def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, last_good: str | None) -> LivePolicy:
+    """The policy asked for (which must load), else the store's own (its last good version if now broken)."""
     if isinstance(asked, Policy):
         return LivePolicy.fixed(asked)
     if asked is not None:
         origin = str(asked) if str(asked).startswith("preset:") else str(Path(asked).resolve())
-        return LivePolicy(origin)
-    return LivePolicy(stored or DEFAULT_POLICY)
+        if origin != stored:
+            return LivePolicy(origin)
+    return LivePolicy(stored or DEFAULT_POLICY, last_good=last_good)
 
 
 def naive_utc(ts: datetime) -> datetime:
@@ -108,7 +110,9 @@ class Memory:
                 exists = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
                 stored_embedder = scalar(con, "SELECT value FROM meta WHERE key = 'embedder'") if exists else None
                 stored_policy = scalar(con, "SELECT value FROM meta WHERE key = 'policy'") if exists else None
-            live = _live_policy(policy, stored_policy)
+                last_good = scalar(con, "SELECT text FROM policies WHERE origin = ? ORDER BY first_used_at DESC "
+                                   "LIMIT 1", [stored_policy]) if stored_policy else None
+            live = _live_policy(policy, stored_policy, last_good)
             if isinstance(embedder, str) or embedder is None:
                 name = embedder or stored_embedder or DEFAULT_EMBEDDER
                 embedder = SentenceEmbedder(name)

@@ -28,11 +28,21 @@ class LivePolicy:
     """A policy a long-running process keeps in force: re-read when its file changes (a stat per call);
     a broken edit is refused, logged and kept in `error`, and the previous policy stays in force."""
 
-    def __init__(self, origin: str, policy: Policy | None = None):
+    def __init__(self, origin: str, policy: Policy | None = None, *, last_good: str | None = None):
+        """`last_good`: the YAML this origin had when it last decided; used if the file is broken now."""
         self.origin = origin
         self.error: str | None = None
         self._signature = self._stat()
-        self._policy = policy or load_policy(origin)
+        if policy is None:
+            try:
+                policy = load_policy(origin)
+            except PolicyError as e:
+                if last_good is None:
+                    raise
+                policy = parse_policy(last_good, origin)
+                self.error = str(e)
+                log.error("engramma: policy %s is broken, its last good version stays in force: %s", origin, e)
+        self._policy = policy
 
     @classmethod
     def fixed(cls, policy: Policy) -> LivePolicy:

@@ -11,14 +11,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from engramma import Memory  # noqa: E402
 from engramma.memory.embed import SentenceEmbedder  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -41,17 +40,30 @@ def mem(store_path: Path, embedder: SentenceEmbedder):
     memory.close()
 
 
+@pytest.fixture
+def keep_everything(tmp_path: Path) -> Path:
+    """A policy file that indexes every item: for tests of durability and concurrency, where the default
+    policy dropping templated near-duplicates would blur the counts under test."""
+    path = tmp_path / "keep-everything.yaml"
+    path.write_text("version: 1\nname: keep-everything\ndefault: index\n")
+    return path
+
+
 def child_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+CHILD_LIMIT_S = 300  # a child still running after this is killed: a deadlock fails the test, never hangs it
 
 
 @pytest.fixture
 def spawn(tmp_path: Path):
     """Start `python -c <source>` as a real child process; every child still running at teardown is killed."""
     children: list[subprocess.Popen] = []
+    timers: list[threading.Timer] = []
 
     def start(source: str, *args: object) -> subprocess.Popen:
-        # stderr goes to a file (read it with `child_stderr`): a pipe nobody drains could block the child.
+        # stderr goes to `child.stderr_path`: a pipe nobody drains could block the child.
         err_path = tmp_path / f"child-{len(children)}.stderr"
         with open(err_path, "w") as err:
             child = subprocess.Popen(
@@ -60,15 +72,16 @@ def spawn(tmp_path: Path):
             )
         child.stderr_path = err_path
         children.append(child)
+        timers.append(threading.Timer(CHILD_LIMIT_S, child.kill))
+        timers[-1].daemon = True
+        timers[-1].start()
         return child
 
     yield start
+    for timer in timers:
+        timer.cancel()
     for child in children:
         if child.poll() is None:
             child.kill()
         child.wait()
         child.stdout.close()
-
-
-def child_stderr(child: subprocess.Popen) -> str:
-    return child.stderr_path.read_text()

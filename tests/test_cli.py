@@ -8,7 +8,8 @@ import pytest
 
 from engramma.cli import app
 
-COMMANDS = sorted(command.name or command.callback.__name__ for command in app.registered_commands)
+COMMANDS = sorted([command.name or command.callback.__name__ for command in app.registered_commands]
+                  + [f"{g.name} {c.name}" for g in app.registered_groups for c in g.typer_instance.registered_commands])
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -31,7 +32,7 @@ def test_the_commands_the_issue_names_exist():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
-    result = engramma(command, "--help")
+    result = engramma(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
 
@@ -104,3 +105,30 @@ def test_init_with_an_unloadable_embedder_leaves_no_half_made_store(tmp_path):
     assert_clean_error(engramma("init", store, "--embedder", tmp_path / "no-such-model"), "could not be loaded")
     assert not store.exists() or not any(store.iterdir())
     assert engramma("init", store).returncode == 0  # the folder is still usable
+
+
+def test_policy_commands(tmp_path):
+    store = tmp_path / "store"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nname: team\ndefault: index\nrules:\n"
+                      "  - {name: corrections, when: {kind: [correction]}, route: both}\n")
+    out = engramma("policy", "check", policy)
+    assert out.returncode == 0 and "ok (policy 'team', 1 rules, default index" in out.stdout
+    assert engramma("init", store, "--policy", "preset:index-only").returncode == 0
+    assert "policy: preset:index-only" in engramma("stats", store).stdout
+    assert engramma("policy", "set", store, policy).returncode == 0
+    assert f"policy: {policy}" in engramma("stats", store).stdout
+    record = json.loads(engramma("observe", store, "--text", "Say 'kind regards'.", "--kind", "correction",
+                                 "--json").stdout)
+    assert record["route"] == "both" and record["rule"] == "corrections"
+    explained = json.loads(engramma("policy", "explain", store, record["id"], "--json").stdout)
+    assert explained["rules"] == [{"rule": "corrections", "matched": True,
+                                   "why": ["kind correction (in [correction])"]}]
+    assert explained["policy"]["name"] == "team" and explained["signals"]["novelty"] == 1.0
+    text = engramma("policy", "explain", store, record["id"]).stdout
+    assert "route: both by rule 'corrections' of policy team" in text
+    policy.write_text("version: 1\nname: team\ndefault: sideways\n")
+    assert_clean_error(engramma("policy", "set", store, policy), "'sideways' is not one of index, train, both or drop")
+    stats = engramma("stats", store)  # the store still opens, on the last good version of its policy
+    assert stats.returncode == 0 and f"policy: {policy}" in stats.stdout
+    assert "the policy file is broken, its last good version is in force" in stats.stderr

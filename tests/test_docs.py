@@ -15,3 +15,15 @@ def test_every_cli_command_is_in_the_readme():
     for command in app.registered_commands:
         name = command.name or command.callback.__name__
         assert f"engramma {name} " in README, f"`engramma {name}` is missing from README.md"
+    for group in app.registered_groups:
+        for command in group.typer_instance.registered_commands:
+            name = f"{group.name} {command.name}"
+            assert f"engramma {name} " in README, f"`engramma {name}` is missing from README.md"
+
+
+def test_the_readme_policy_example_is_a_valid_policy():
+    from engramma.policies import parse_policy
+
+    block = README.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(block, "README.md")
+    assert policy.name == "support-bot" and len(policy.rules) == 7
