@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from engramma.memory.signals import KeyedObservation, gather_signals
+from engramma.memory.signals import BatchSignals, KeyedObservation
 from engramma.memory.types import Item
 from engramma.memory.view import IndexView
 from engramma.policies import Decision, Policy, Route, Signals, decide
@@ -56,34 +56,40 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
             "AND duplicate_of IN (SELECT unnest(?)) AND ts >= ? GROUP BY ALL",
             [sorted(candidates), naive(since)]).fetchall())
 
-    signals = gather_signals(items, vectors, ids, view=view, scopes_of=scopes_of, settings=policy.spec.signals,
-                             now=now, keyed_history=history, current_hashes=current_hashes,
-                             dropped_repeats=dropped_repeats)
-    decisions = [decide(item, s, policy) for item, s in zip(items, signals)]
-    valid_to: list[datetime | None] = [
-        item.ts + timedelta(seconds=d.ttl_seconds) if d.ttl_seconds is not None else None
-        for item, d in zip(items, decisions)]
-
-    # Supersession: the value with the latest timestamp is current; the others become history.
+    measure = BatchSignals(items, vectors, ids, view=view, scopes_of=scopes_of, settings=policy.spec.signals,
+                           now=now, keyed_history=history, current_hashes=current_hashes,
+                           dropped_repeats=dropped_repeats)
+    signals: list[Signals] = []
+    decisions: list[Decision] = []
+    valid_to: list[datetime | None] = []
+    # Supersession: the value with the latest timestamp is current; the others become history. Each item is
+    # judged after the ones before it have been applied, as if observed one by one.
     superseded: dict[int, datetime] = {}
     replaced_by: list[int | None] = [None] * len(items)
     batch_row = {item_id: n for n, item_id in enumerate(ids)}
-    for n, (item, decision) in enumerate(zip(items, decisions)):
-        if item.key is None or decision.route is Route.DROP:
-            continue
-        slot = (item.scope, item.key)
-        old = current.get(slot)
-        if old is not None and old[1] != item.content_hash:
-            old_id, _, old_ts = old
-            if item.ts >= old_ts:
-                superseded[old_id] = item.ts
-                if old_id in batch_row:
-                    valid_to[batch_row[old_id]] = item.ts
-                replaced_by[n] = old_id
-            else:  # an older value heard late: history from the start
-                valid_to[n] = old_ts
-                continue
-        current[slot] = (ids[n], item.content_hash, item.ts)
+    for n, item in enumerate(items):
+        s = measure.measure(n)
+        decision = decide(item, s, policy)
+        signals.append(s)
+        decisions.append(decision)
+        valid_to.append(item.ts + timedelta(seconds=decision.ttl_seconds) if decision.ttl_seconds is not None
+                        else None)
+        if item.key is not None and decision.route is not Route.DROP:
+            slot = (item.scope, item.key)
+            old = current.get(slot)
+            if old is not None and old[1] != item.content_hash:
+                old_id, _, old_ts = old
+                if item.ts >= old_ts:
+                    superseded[old_id] = item.ts
+                    if old_id in batch_row:
+                        valid_to[batch_row[old_id]] = item.ts
+                    replaced_by[n] = old_id
+                else:  # an older value heard late: history from the start
+                    valid_to[n] = old_ts
+            if replaced_by[n] is not None or old is None or old[1] == item.content_hash:
+                current[slot] = (ids[n], item.content_hash, item.ts)
+        measure.record(n, decision.route, s, current=valid_to[n] is None or valid_to[n] > now,
+                       supersedes=replaced_by[n])
 
     corrects: list[int | None] = [None] * len(items)
     stale = [old for old in replaced_by if old is not None]

@@ -241,3 +241,44 @@ def test_a_new_value_is_never_a_duplicate_of_the_old_one(open_store):
     same_again = mem.observe(Item(text=new.item.text, key="shipping_fee", source="docs", ts=T0 + timedelta(days=3)))
     assert same_again.route == "drop" and mem.explain(same_again.id).signals["duplicate_of"] == new.id
     assert old.id not in [h.id for h in mem.recall("shipping cost", k=3)]
+
+
+def _signal_rows(store_folder):
+    found = rows(store_folder, "SELECT signals, route FROM items ORDER BY id")
+    out = []
+    for signals, route in found:
+        s = json.loads(signals)
+        out.append((round(s["novelty"], 3), s["duplicate"], s["recurrence"], route))
+    return out
+
+
+def test_one_batch_judges_each_item_as_one_by_one_would(tmp_path, embedder):
+    """observe_many compares each item with the earlier items of its own batch (vectorised), and must reach
+    the same signals and routes as observing the items one at a time."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: p\nrules:\n"
+                      "  - {name: skills, when: {kind: [skill], recurrence: {gte: 3}}, route: train}\n"
+                      "  - {name: dup, when: {duplicate: true}, route: drop}\n"
+                      "default: index\n")
+    stream = [
+        Item(text="Greet the customer by name, then answer.", kind="skill", ts=T0),
+        Item(text="Refunds are accepted within 30 days.", key="refund_window", ts=T0),
+        Item(text="Alice's parcel goes to the Leeds depot.", scope="user:alice", ts=T0),
+        Item(text="Greet the customer by their name and then answer.", kind="skill", ts=T0 + timedelta(hours=1)),
+        Item(text="Refunds are accepted within 45 days.", key="refund_window", ts=T0 + timedelta(hours=2)),
+        Item(text="Alice's parcel goes to the Leeds depot.", scope="user:bob", ts=T0 + timedelta(hours=2)),
+        Item(text="Greet the customer by name, and then answer.", kind="skill", ts=T0 + timedelta(hours=3)),
+        Item(text="Alice's parcel goes to the Leeds depot.", scope="user:alice", ts=T0 + timedelta(hours=4)),
+    ]
+    with Memory.open(tmp_path / "one", embedder=embedder, policy=policy) as mem:
+        for item in stream:
+            mem.observe(item)
+    with Memory.open(tmp_path / "batch", embedder=embedder, policy=policy) as mem:
+        mem.observe_many(stream)
+    one_by_one, batched = _signal_rows(tmp_path / "one"), _signal_rows(tmp_path / "batch")
+    assert batched == one_by_one
+    routes = [r[3] for r in batched]
+    assert routes[6] == "train"  # the third showing of the skill
+    assert routes[4] == "index"  # a new value of a key is not a duplicate of the old one
+    assert routes[5] == "index"  # bob cannot see alice's identical item
+    assert routes[7] == "drop"  # alice's own repeat is
