@@ -4,7 +4,10 @@ machine, same texts, same queries, each system in its own child process.
 For each system and size: add throughput (items/s, from an empty store, as the system is meant to be fed:
 engramma `observe_many` in batches of 256; mem0 `add(text, infer=False)` one item at a time, which is its
 only way; LlamaIndex `insert_nodes` in batches of 256 with embed_batch_size 256) and search latency p50/p95
-over single queries, top 10 (engramma `recall`, mem0 `search`, LlamaIndex retriever `retrieve`).
+over single queries, top 10 (engramma `recall`, mem0 `search`, LlamaIndex retriever `retrieve`), and search
+throughput (queries/s over all the queries, each system through its own way of answering many: engramma
+`recall_many` in batches of 64, one embedding batch each; mem0 and the LlamaIndex retriever have no batch
+search, so one query per call).
 
 mem0 runs offline: MEM0_TELEMETRY=False, a dummy OpenAI key and base URL http://127.0.0.1:9 (its LLM is never
 called with infer=False), its FAISS vector store, and its huggingface embedder on the local model path.
@@ -32,6 +35,7 @@ import numpy as np
 from common import environment, ms, pct, peak_rss_mib, table
 
 BATCH = 256
+QUERY_BATCH = 64
 SYSTEMS = ("engramma", "mem0", "llamaindex")
 
 
@@ -56,11 +60,23 @@ class Engramma:
     def search(self, query):
         return self.mem.recall(query, k=10)
 
+    def search_many(self, queries):
+        for start in range(0, len(queries), QUERY_BATCH):
+            self.mem.recall_many(queries[start:start + QUERY_BATCH], k=10)
+
     def close(self):
         self.mem.close()
 
 
-class Mem0:
+class OneQueryAtATime:
+    """mem0 and the LlamaIndex retriever answer one query per call: that is their way to answer many."""
+
+    def search_many(self, queries):
+        for q in queries:
+            self.search(q)
+
+
+class Mem0(OneQueryAtATime):
     def __init__(self, folder: Path):
         os.environ["MEM0_TELEMETRY"] = "False"
         os.environ["OPENAI_API_KEY"] = "sk-offline-dummy"
@@ -90,7 +106,7 @@ class Mem0:
         pass
 
 
-class LlamaIndex:
+class LlamaIndex(OneQueryAtATime):
     def __init__(self, folder: Path):
         import faiss
         from llama_index.core import StorageContext, VectorStoreIndex
@@ -164,9 +180,13 @@ def run_child(system: str, size: int, searches: int) -> dict:
             hits = runner.search(q)
             lat.append(time.perf_counter() - start)
         n_hits = len(hits["results"] if isinstance(hits, dict) else hits)
+        start = time.perf_counter()
+        runner.search_many(queries)
+        search_qps = len(queries) / (time.perf_counter() - start)
         runner.close()
         return {"system": system, "size": size, "setup_s": setup_s, "add_s": add_s, "add_items_s": size / add_s,
                 "search_p50_ms": pct(ms(lat), 50), "search_p95_ms": pct(ms(lat), 95), "searches": len(lat),
+                "search_queries_s": search_qps,
                 "hits_last_query": n_hits, "peak_rss_mib": peak_rss_mib()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -273,9 +293,10 @@ def main() -> None:
 
     ok = [r for r in results["runs"] if "error" not in r]
     print()
-    print(table(["system", "items", "add items/s", "search p50 ms", "search p95 ms", "child peak RSS MiB"],
-                [[r["system"], r["size"], r["add_items_s"], r["search_p50_ms"], r["search_p95_ms"], r["peak_rss_mib"]]
-                 for r in ok]))
+    print(table(["system", "items", "add items/s", "search p50 ms", "search p95 ms", "search queries/s",
+                 "child peak RSS MiB"],
+                [[r["system"], r["size"], r["add_items_s"], r["search_p50_ms"], r["search_p95_ms"],
+                  r["search_queries_s"], r["peak_rss_mib"]] for r in ok]))
     by = {(r["system"], r["size"]): r for r in ok}
     for size in args.sizes:
         e = by.get(("engramma", size))
@@ -283,7 +304,8 @@ def main() -> None:
             o = by.get((other, size))
             if e and o:
                 print(f"at {size}: engramma/{other} add {e['add_items_s'] / o['add_items_s']:.2f}x, "
-                      f"search p50 {o['search_p50_ms'] / e['search_p50_ms']:.2f}x faster")
+                      f"search p50 {o['search_p50_ms'] / e['search_p50_ms']:.2f}x faster, "
+                      f"search throughput {e['search_queries_s'] / o['search_queries_s']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

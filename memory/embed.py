@@ -10,6 +10,7 @@ import numpy as np
 from engramma.errors import StoreError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+FEW = 8  # up to this many texts (a query, one observation) skip sentence-transformers' batching machinery
 
 
 class Embedder(Protocol):
@@ -68,6 +69,8 @@ class SentenceEmbedder:
         model = self._load()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) <= FEW:
+            return self._embed_few(model, list(texts))
         vectors = model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -76,3 +79,15 @@ class SentenceEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _embed_few(self, model, texts: list[str]) -> np.ndarray:
+        """The model's own modules called directly: `encode` spends ~1 ms a call on sorting, batching and
+        conversions, 15% of embedding one query here. Same modules, same vectors."""
+        import torch
+
+        with torch.inference_mode():
+            features = model.preprocess(texts)
+            features = {name: value.to(model.device) if hasattr(value, "to") else value
+                        for name, value in features.items()}
+            vectors = torch.nn.functional.normalize(model(features)["sentence_embedding"].float(), dim=-1)
+        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)

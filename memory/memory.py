@@ -64,6 +64,11 @@ def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, l
     return LivePolicy(stored or DEFAULT_POLICY, last_good=last_good)
 
 
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise InvalidItem(f"k: must be a whole number of at least 1, got {k!r}")
+
+
 def naive_utc(ts: datetime) -> datetime:
     return ts.astimezone(timezone.utc).replace(tzinfo=None)
 
@@ -420,31 +425,52 @@ class Memory:
         `as_of` asks for what was current at that time. Items with identical content (the same fact heard
         again) count once, as their newest observation.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidItem("query: must be a non-empty string")
-        if k < 1:
-            raise InvalidItem(f"k: must be at least 1, got {k}")
+        return self.recall_many([query], k, scope, as_of=as_of)[0]
+
+    def recall_many(self, queries: Sequence[str], k: int = 5, scope: str | Sequence[str] = "global", *,
+                    as_of: datetime | None = None) -> list[list[Hit]]:
+        """`recall` for several queries at once: one embedding batch, one index search per scope."""
+        for n, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise InvalidItem(f"query{'' if len(queries) == 1 else f' {n}'}: must be a non-empty string")
+        if not queries:
+            return []
+        _check_k(k)  # bad arguments fail before the embedding work
+        self.visible_scopes(scope)
+        return self.recall_vectors(self.embedder.embed(list(queries)), k, scope, as_of=as_of)
+
+    def recall_vectors(self, vectors: np.ndarray, k: int = 5, scope: str | Sequence[str] = "global", *,
+                       as_of: datetime | None = None) -> list[list[Hit]]:
+        """`recall` for queries already embedded with this store's embedder: (n, dim) L2-normalised rows."""
+        _check_k(k)
         if as_of is not None and as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=timezone.utc)
         at = as_of or datetime.now(timezone.utc)
         scopes = self.visible_scopes(scope)
-        vector = self.embedder.embed([query])[0]
         self._sync_if_stale()
-        fetch = k
-        while True:
-            found = self.view.search(vector, scopes, fetch)
-            hits: dict[str, Hit] = {}
-            for item_id, score in found:
-                item = self.view.items[item_id]
-                if not self.view.is_current(item_id, at) or (as_of is not None and item.ts > as_of):
-                    continue
-                seen = hits.get(item.content_hash)
-                if seen is None or item.ts > seen.item.ts:
-                    hits[item.content_hash] = Hit(id=item_id, score=max(score, seen.score if seen else score),
-                                                  item=item)
-            if len(hits) >= k or len(found) < fetch:
-                return sorted(hits.values(), key=lambda h: -h.score)[:k]
-            fetch *= 4
+        found = self.view.search_many(vectors, [scopes] * len(vectors), k)
+        out = []
+        for vector, first in zip(vectors, found):
+            fetch = k
+            while True:  # fetch more while superseded, expired or repeated items crowd the top k
+                hits = self._current_hits(first, at, as_of)
+                if len(hits) >= k or len(first) < fetch:
+                    out.append(sorted(hits.values(), key=lambda h: -h.score)[:k])
+                    break
+                fetch *= 4
+                first = self.view.search(vector, scopes, fetch)
+        return out
+
+    def _current_hits(self, found: list[tuple[int, float]], at: datetime, as_of: datetime | None) -> dict[str, Hit]:
+        hits: dict[str, Hit] = {}
+        for item_id, score in found:
+            item = self.view.items[item_id]
+            if not self.view.is_current(item_id, at) or (as_of is not None and item.ts > as_of):
+                continue
+            seen = hits.get(item.content_hash)
+            if seen is None or item.ts > seen.item.ts:
+                hits[item.content_hash] = Hit(id=item_id, score=max(score, seen.score if seen else score), item=item)
+        return hits
 
     def get(self, item_id: int) -> Record:
         with self.store.transaction() as con:

@@ -8,6 +8,7 @@ import shutil
 from datetime import datetime, timedelta, timezone
 
 import duckdb
+import numpy as np
 import pytest
 
 from engramma import InvalidItem, Item, ItemNotFound, Kind, Memory, Probe, StoreError
@@ -108,7 +109,20 @@ def test_recall_returns_a_repeated_fact_once(mem):
         "The refund window is 30 days.", "Shipping to Canada takes a week."]
 
 
+def test_recall_many_answers_each_query_as_recall_does(mem, filled):
+    queries = [q for q, _ in QUERIES]
+    for scope in (ALICE, BOB, "global"):
+        batched = mem.recall_many(queries, k=3, scope=scope)
+        assert [[h.id for h in hits] for hits in batched] == [
+            [h.id for h in mem.recall(q, k=3, scope=scope)] for q in queries]
+    assert not {h.id for hits in mem.recall_many(queries, k=10, scope=BOB) for h in hits} & {
+        filled["alice_diet"], filled["alice_city"]}, "bob never sees alice's items"
+    assert mem.recall_many([], k=3) == []
+
+
 @pytest.mark.parametrize("call, field", [
+    (lambda m: m.recall_many(["refunds", ""], k=3), "^query 1:"),
+    (lambda m: m.recall_vectors(m.embedder.embed(["refunds"]), k=0), "^k:"),
     (lambda m: m.recall("", k=3), "^query:"),
     (lambda m: m.recall("   ", k=3), "^query:"),
     (lambda m: m.recall("refunds", k=0), "^k:"),
@@ -405,3 +419,13 @@ def test_reopening_without_naming_an_embedder_uses_the_stores_own(mem, filled, s
     with Memory.open(store_path) as again:
         assert again.embedder.name == "all-MiniLM-L6-v2"
         assert again.recall("Which foods must Alice avoid?", k=1, scope=ALICE)[0].id == filled["alice_diet"]
+
+
+def test_a_few_texts_embed_as_a_large_batch_does(embedder):
+    """Small batches (a query, one observation) take a shorter path through the model; same vectors."""
+    texts = [f"note {n}: {'the parcel is late again ' * (n % 5)}" for n in range(24)]
+    batched = embedder.embed(texts)
+    few = np.concatenate([embedder.embed(texts[n:n + 3]) for n in range(0, len(texts), 3)])
+    assert batched.shape == few.shape == (24, 384)
+    np.testing.assert_allclose(few, batched, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(few, axis=1), 1.0, atol=1e-5)
