@@ -22,7 +22,7 @@ import pyarrow as pa
 from engramma.errors import StoreBusy, StoreError
 
 DB_FILE = "engramma.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def schema_v1(dim: int) -> list[str]:
@@ -162,8 +162,43 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, list],
         con.unregister(view)
 
 
-# MIGRATIONS[v] takes a store at schema v-1 to schema v. Version 1 is created whole by `schema_v1`.
-MIGRATIONS: dict[int, list[str]] = {}
+# MIGRATIONS[v] takes a store at schema v-1 to schema v. A new store is created at version 1 by `schema_v1`
+# and migrated like any other, so every path to the current schema is the one old stores take.
+MIGRATIONS: dict[int, list[str]] = {
+    # 2: consolidation. Registry rows carry what a training run was and cost; jobs hold their leases and
+    # checkpoints; the reservoir replay buffer lives with the store.
+    2: [
+        *(f"ALTER TABLE adapters ADD COLUMN {column}" for column in (
+            "base_model_hash VARCHAR", "policy_hash VARCHAR", "job_id VARCHAR",
+            "items_new INTEGER NOT NULL DEFAULT 0", "items_replayed INTEGER NOT NULL DEFAULT 0",
+            "tokens BIGINT NOT NULL DEFAULT 0", "steps INTEGER NOT NULL DEFAULT 0", "wall_s DOUBLE",
+            "tokens_per_s DOUBLE", "peak_mem_mb DOUBLE", "tainted BOOLEAN NOT NULL DEFAULT false",
+            "status_changed_at TIMESTAMP", "note VARCHAR")),
+        # queue.status: pending | claimed (leased by lease_owner, a job id) | done | skipped
+        "ALTER TABLE queue ADD COLUMN adapter_version VARCHAR",
+        """CREATE TABLE jobs (
+            job_id VARCHAR PRIMARY KEY,
+            status VARCHAR NOT NULL,             -- running | done | failed | skipped
+            train_scope VARCHAR NOT NULL,
+            parent VARCHAR,
+            owner VARCHAR NOT NULL,              -- host:pid of the process running it
+            folder VARCHAR NOT NULL,             -- its checkpoints, under adapters/.jobs/
+            started_at TIMESTAMP NOT NULL,
+            heartbeat_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            adapter_version VARCHAR,
+            error VARCHAR
+        )""",
+        # INVARIANT: at most `reservoir_size` slots per train scope; `seen` counts every item offered.
+        """CREATE TABLE reservoir (
+            train_scope VARCHAR NOT NULL,
+            slot INTEGER NOT NULL,
+            item_id BIGINT NOT NULL,
+            PRIMARY KEY (train_scope, slot)
+        )""",
+        "CREATE TABLE reservoir_seen (train_scope VARCHAR PRIMARY KEY, seen BIGINT NOT NULL)",
+    ],
+}
 
 
 class Store:
@@ -298,9 +333,8 @@ class Store:
                 raise StoreError(f"{self.path}: a DuckDB file that is not an engramma store (tables: {sorted(tables)})")
             for statement in schema_v1(dim):
                 con.execute(statement)
-            meta = {"schema_version": str(SCHEMA_VERSION), "embedder": embedder, "dim": str(dim)}
-            con.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
-            return meta
+            con.executemany("INSERT INTO meta VALUES (?, ?)",
+                            [["schema_version", "1"], ["embedder", embedder], ["dim", str(dim)]])
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         version = int(meta.get("schema_version", "0"))
         if version > SCHEMA_VERSION:

@@ -92,3 +92,37 @@ def test_a_store_can_be_reopened_many_times(store_path, embedder):
             ids.append(memory.observe(Item(f"Visit number {n} to the store.")).id)
             assert memory.stats().items == n + 1 and memory.check() == []
     assert ids == [1, 2, 3], "ids continue across reopenings and are never reused"
+
+
+def test_a_store_at_schema_1_is_migrated_and_keeps_its_items(tmp_path, embedder):
+    from engramma.memory.store import schema_v1
+
+    folder = tmp_path / "old"
+    with Memory.open(folder, embedder=embedder) as mem:
+        kept = mem.observe(Item("Refunds take 30 days.", key="refund_window"))
+    # Rebuild the file as engramma's first schema wrote it, with the same item in it.
+    with duckdb.connect(str(folder / "engramma.duckdb")) as con:
+        rows = con.execute("SELECT * FROM items").fetchall()
+        policies = con.execute("SELECT * FROM policies").fetchall()
+        events = con.execute("SELECT * FROM events").fetchall()
+    (folder / "engramma.duckdb").unlink()
+    with duckdb.connect(str(folder / "engramma.duckdb")) as con:
+        for statement in schema_v1(384):
+            con.execute(statement)
+        con.executemany("INSERT INTO meta VALUES (?, ?)",
+                        [["schema_version", "1"], ["embedder", "all-MiniLM-L6-v2"], ["dim", "384"]])
+        con.executemany(f"INSERT INTO items VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        con.executemany("INSERT INTO policies VALUES (?, ?, ?, ?, ?)", policies)
+        con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
+
+    with Memory.open(folder, embedder=embedder) as mem:
+        assert mem.get(kept.id).item.text == "Refunds take 30 days."
+        assert mem.recall("refund", k=1)[0].id == kept.id
+    with duckdb.connect(str(folder / "engramma.duckdb"), read_only=True) as con:
+        version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+        columns = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'adapters'").fetchall()}
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert version == [(str(SCHEMA_VERSION),)]
+    assert {"tokens_per_s", "tainted", "items_replayed"} <= columns
+    assert {"jobs", "reservoir", "reservoir_seen"} <= tables
