@@ -333,6 +333,126 @@ def policy_test(
         raise typer.Exit(1)
 
 
+@app.command("consolidate")
+def consolidate_command(
+    store: Store,
+    model: Annotated[Optional[str], typer.Option(
+        help="Base model: a Hugging Face id in the local cache, a folder, or smollm2-135m-instruct (the "
+             "policy's model.name when not given).")] = None,
+    scope: Annotated[Optional[str], typer.Option(help="Only this train scope (default: every scope with items).")] = None,
+    max_items: Annotated[Optional[int], typer.Option(min=1, help="At most this many queued items per scope.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the job a crash interrupted, from its last epoch checkpoint.")] = False,
+    lease: Annotated[float, typer.Option(
+        min=5, help="Seconds a claim on queued items lasts without renewal (a crashed job's items return after it).")] = 600.0,
+    as_json: AsJson = False,
+) -> None:
+    """Train a new adapter version on the update queue, with replay. Works under `accelerate launch` too."""
+    from engramma.updater import consolidate
+
+    if not (store / "engramma.duckdb").exists():
+        raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
+    results = consolidate(store, model=model, scope=scope, max_items=max_items, resume=resume, lease_seconds=lease,
+                          progress=not as_json)
+    if as_json:
+        _print_json([_result_dict(r) for r in results])
+        return
+    if not results:
+        typer.echo("nothing to consolidate: the update queue is empty")
+    for r in results:
+        if r.report is None:
+            typer.echo(f"{r.train_scope}: {r.status} ({r.note})")
+            continue
+        rep = r.report
+        typer.echo(f"{r.train_scope}: trained {r.version} (parent {r.parent or 'none'}) on {r.items_new} new + "
+                   f"{r.items_replayed} replayed items: {rep.steps} steps, {rep.tokens:,} tokens in {rep.wall_s:.1f} s "
+                   f"({rep.tokens_per_s:,.0f} tokens/s), padding {rep.padding_waste:.1%}, final loss {rep.losses[-1]:.3f}")
+        typer.echo(f"  candidate: promote it with `engramma adapters promote {store} {r.version}`")
+
+
+def _result_dict(r) -> dict:
+    out = {"train_scope": r.train_scope, "status": r.status, "job_id": r.job_id, "version": r.version,
+           "parent": r.parent, "items_new": r.items_new, "items_replayed": r.items_replayed, "note": r.note}
+    if r.report is not None:
+        out.update({name: getattr(r.report, name) for name in (
+            "epochs", "steps", "tokens", "label_tokens", "padding_waste", "wall_s", "tokens_per_s", "peak_mem_mb",
+            "resumed_from_epoch")}, final_loss=r.report.losses[-1])
+    return out
+
+
+adapters_app = typer.Typer(help="List, show and promote adapter versions.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+
+
+def _registry(store: Path):
+    from engramma.memory.store import open_existing
+
+    return open_existing(store)
+
+
+@adapters_app.command("list")
+def adapters_list(store: Store, as_json: AsJson = False) -> None:
+    """Every adapter version: scope, status, parent, items and training cost."""
+    from engramma.updater import registry
+
+    db = _registry(store)
+    try:
+        with db.transaction() as con:
+            rows = registry.versions(con, store)
+    finally:
+        db.close()
+    if as_json:
+        _print_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        typer.echo("no adapters yet: run `engramma consolidate` first")
+    for r in rows:
+        typer.echo(f"{r.version}\t{r.train_scope}\t{r.status.value}{' (tainted)' if r.tainted else ''}\t"
+                   f"parent {r.parent or '-'}\t{r.items_new} new + {r.items_replayed} replayed\t{r.steps} steps\t"
+                   f"{(r.tokens_per_s or 0):,.0f} tok/s\t{r.created_at:%Y-%m-%d %H:%M}")
+
+
+@adapters_app.command("show")
+def adapters_show(store: Store, version: Annotated[str, typer.Argument(help="Adapter version, e.g. v3.")],
+                  as_json: AsJson = False) -> None:
+    """One adapter version in full: its registry row and how many items of each role it saw."""
+    from engramma.updater import registry
+
+    db = _registry(store)
+    try:
+        with db.transaction() as con:
+            adapter = registry.get(con, store, version)
+            roles = dict(con.execute("SELECT role, count(*) FROM lineage WHERE adapter_version = ? GROUP BY ALL",
+                                     [version]).fetchall())
+    finally:
+        db.close()
+    data = {**adapter.as_dict(), "lineage": roles}
+    if as_json:
+        _print_json(data)
+        return
+    for name, value in data.items():
+        typer.echo(f"{name}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+
+
+@adapters_app.command("promote")
+def adapters_promote(store: Store, version: Annotated[str, typer.Argument(help="Adapter version, e.g. v3.")]) -> None:
+    """Make VERSION the active adapter of its scope (the one it replaces is retired)."""
+    from datetime import datetime, timezone
+
+    from engramma.updater import registry
+
+    db = _registry(store)
+    try:
+        with db.transaction() as con:
+            previous = registry.promote(con, store, version, datetime.now(timezone.utc))
+            scope = registry.get(con, store, version).train_scope
+            registry.write_active_pointer(con, store)
+    finally:
+        db.close()
+    typer.echo(f"{version} is now the active adapter of {scope}"
+               + (f" ({previous.version} retired)" if previous else ""))
+
+
 def _stderr_console():
     from rich.console import Console
 

@@ -45,12 +45,20 @@ class MemoryConfig:
     ivf_threshold: int = IVF_THRESHOLD
 
 
-def _item_from_row(row: tuple) -> tuple[int, Item]:
+def item_from_row(row: tuple) -> tuple[int, Item]:
     item_id, kind, scope, text, source, key, prompt, response, pq, pa_, meta, ts = row
     item = Item(text=text, kind=kind, scope=scope, source=source, key=key, prompt=prompt, response=response,
                 probe=Probe(pq, pa_) if pq is not None else None, meta=json.loads(meta) if meta else {},
                 ts=ts.replace(tzinfo=timezone.utc))
     return int(item_id), item
+
+
+def store_policy(con) -> LivePolicy:
+    """The policy a store was given (its last good version if the file is broken now; the default if none)."""
+    stored = scalar(con, "SELECT value FROM meta WHERE key = 'policy'")
+    last_good = scalar(con, "SELECT text FROM policies WHERE origin = ? ORDER BY first_used_at DESC LIMIT 1",
+                       [stored]) if stored else None
+    return _live_policy(None, stored, last_good)
 
 
 def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, last_good: str | None) -> LivePolicy:
@@ -191,7 +199,7 @@ class Memory:
 
     def _read_indexed_items(self, con) -> None:
         rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index").fetchall()
-        self.view.items = dict(_item_from_row(r[:12]) for r in rows)
+        self.view.items = dict(item_from_row(r[:12]) for r in rows)
         self.view.valid_to = {int(r[0]): r[12].replace(tzinfo=timezone.utc) for r in rows if r[12] is not None}
 
     def _read_counters(self, con) -> None:
@@ -220,7 +228,7 @@ class Memory:
             touched = self._touched_since(con, self.view.seq)
             rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index AND id IN (SELECT unnest(?))",
                                [touched]).fetchall()
-            present = dict(_item_from_row(r[:12]) for r in rows)
+            present = dict(item_from_row(r[:12]) for r in rows)
             self.view.remove([i for i in touched if i not in present])
             for r in rows:  # a supersession changes an indexed item's validity, not its vector
                 if r[12] is None:
@@ -479,7 +487,7 @@ class Memory:
         row = rows[0] if rows else None
         if row is None:
             raise ItemNotFound(f"no item {item_id} in {self.folder} (never observed, dropped or forgotten)")
-        _, item = _item_from_row(row[:12])
+        _, item = item_from_row(row[:12])
         route, rule, observed_at, in_index, reasons = row[12:]
         return Record(id=int(item_id), item=item, route=route, rule=rule,
                       observed_at=observed_at.replace(tzinfo=timezone.utc), in_index=in_index,

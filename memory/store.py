@@ -348,3 +348,23 @@ class Store:
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(target)])
             meta["schema_version"] = str(target)
         return meta
+
+
+def open_existing(folder: Path, *, busy_timeout: float = 30.0) -> Store:
+    """An existing store's truth, schema checked (migrated if older), for work that needs no index view:
+    consolidation, the registry commands."""
+    folder = Path(folder)
+    if not (folder / DB_FILE).is_file():
+        raise StoreError(f"{folder}: no engramma store here; create one with `engramma init {folder}`")
+    store = Store(folder, busy_timeout=busy_timeout)
+    try:
+        with store.transaction() as con:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if "meta" not in tables:
+                raise StoreError(f"{store.path}: a DuckDB file that is not an engramma store")
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            store.ensure_schema(con, dim=int(meta["dim"]), embedder=meta["embedder"])
+    except BaseException:
+        store.close()
+        raise
+    return store

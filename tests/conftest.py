@@ -85,3 +85,19 @@ def spawn(tmp_path: Path):
             child.kill()
         child.wait()
         child.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A tiny pretrained Llama-shaped model (tests/tiny_lm.py) saved as a transformers folder, built once."""
+    import tiny_lm
+
+    return tiny_lm.build(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture
+def tiny(tiny_model_path):
+    """A fresh copy of the tiny model, loaded for this test (adapters never leak between tests)."""
+    from engramma.updater import load_model
+
+    return load_model(str(tiny_model_path), device="cpu")

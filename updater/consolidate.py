@@ -1,0 +1,345 @@
+"""The consolidation job: the update queue of each train scope becomes a new adapter version.
+
+For each train scope with items waiting: claim them (leases), pick replay examples from what the scope's
+adapters learned before, freeze the plan and its tokens in a job folder, train a LoRA adapter continuing the
+scope's active one (a scope other than `global` trains on top of the active global adapter, frozen), then in
+one transaction: rename the adapter folder into place, add the registry row (a `candidate`) and its lineage,
+mark the queue rows done and update the reservoir. Whatever fails, the claimed items go back to pending.
+
+Under `accelerate launch` every process runs this function: the main process alone touches the store and
+prepares the plans, every process trains, the main process records the result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from engramma.errors import InvalidInput
+from engramma.memory.memory import ITEM_COLUMNS, item_from_row, naive_utc, store_policy
+from engramma.memory.store import Store, open_existing, scalar
+from engramma.memory.types import Item, check_scope
+from engramma.policies import Policy
+from engramma.policies.schema import ConsolidationSettings
+from engramma.updater import queue as jobs
+from engramma.updater import registry
+from engramma.updater.dataset import TokenizedExample, example_for, tokenize
+from engramma.updater.model import LanguageModel, load_model
+from engramma.updater.replay import ReplayRequest, select_replay
+from engramma.updater.train import TrainReport, interference, train_adapter
+
+GLOBAL = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationResult:
+    train_scope: str
+    status: str  # trained | skipped | failed
+    job_id: str | None
+    version: str | None = None
+    parent: str | None = None
+    items_new: int = 0
+    items_replayed: int = 0
+    report: TrainReport | None = None
+    note: str = ""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _items(con, ids: list[int]) -> dict[int, Item]:
+    rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN (SELECT unnest(?))", [ids]).fetchall()
+    return dict(item_from_row(r) for r in rows)
+
+
+def _vectors(con, ids: list[int]) -> np.ndarray:
+    if not ids:
+        return np.zeros((0, 1), np.float32)
+    table = con.sql("SELECT id, vector FROM items WHERE id IN (SELECT unnest($ids))", params={"ids": ids}).to_arrow_table()
+    row = {int(i): n for n, i in enumerate(table.column("id").to_pylist())}
+    vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(len(row), -1)
+    return vectors[[row[i] for i in ids]]
+
+
+def ancestors(con, version: str | None) -> list[str]:
+    """`version` and its parents, newest first."""
+    chain = []
+    while version is not None and version not in chain:
+        chain.append(version)
+        version = scalar(con, "SELECT parent FROM adapters WHERE version = ?", [version])
+    return chain
+
+
+def replay_pool(con, chain: list[str], exclude: list[int], now: datetime) -> list[int]:
+    """Items the adapters of `chain` learned (new or replayed) that are still kept and current."""
+    if not chain:
+        return []
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT l.item_id FROM lineage l JOIN items i ON i.id = l.item_id "
+        "WHERE l.adapter_version IN (SELECT unnest($chain)) AND i.status = 'kept' "
+        "AND (i.valid_to IS NULL OR i.valid_to > $now) AND l.item_id NOT IN (SELECT unnest($exclude)) ORDER BY 1",
+        {"chain": chain, "now": naive_utc(now), "exclude": exclude or [-1]}).fetchall()]
+
+
+def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed: int) -> None:
+    """Reservoir sampling (algorithm R) over every item ever consolidated in the scope, seeded per position."""
+    seen = scalar(con, "SELECT seen FROM reservoir_seen WHERE train_scope = ?", [train_scope]) or 0
+    slots = dict(con.execute("SELECT slot, item_id FROM reservoir WHERE train_scope = ?", [train_scope]).fetchall())
+    for item_id in item_ids:
+        if seen < size:
+            slots[seen] = item_id
+        else:
+            j = int(np.random.default_rng([seed, seen]).integers(seen + 1))
+            if j < size:
+                slots[j] = item_id
+        seen += 1
+    con.execute("DELETE FROM reservoir WHERE train_scope = ?", [train_scope])
+    if slots:
+        con.execute("INSERT INTO reservoir SELECT ?, unnest(?), unnest(?)",
+                    [train_scope, list(slots), list(slots.values())])
+    con.execute("INSERT OR REPLACE INTO reservoir_seen VALUES (?, ?)", [train_scope, seen])
+
+
+class _Heartbeat:
+    """Renews the job's leases every quarter lease while it trains (one short transaction each)."""
+
+    def __init__(self, store: Store, job: jobs.Job, lease_seconds: float):
+        self.store, self.job, self.lease_seconds = store, job, lease_seconds
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= self.lease_seconds / 4:
+            with self.store.transaction() as con:
+                jobs.renew(con, self.job, lease_seconds=self.lease_seconds, now=_now())
+            self.last = time.monotonic()
+
+
+def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settings: ConsolidationSettings,
+          *, max_items: int | None, lease_seconds: float) -> ConsolidationResult | None:
+    """Claim the scope's items, pick replay, write plan.json and examples.json into the job folder.
+    Returns a result when there is nothing to train (too few items), else None."""
+    now = _now()
+    folder = store.folder
+    with store.transaction() as con:
+        jobs.skip_stale(con, now)
+        parent = registry.active(con, folder, job.train_scope)
+        stacked = registry.active(con, folder, GLOBAL) if job.train_scope != GLOBAL else None
+        jobs.start(con, job, parent=parent.version if parent else None, now=now,
+                   config={"policy": policy.content_hash})
+        new_ids = jobs.claim(con, job, limit=max_items, lease_seconds=lease_seconds, now=now)
+        if len(new_ids) < settings.min_items:
+            jobs.release(con, job, status="skipped", error=None, now=now)
+            return ConsolidationResult(job.train_scope, "skipped", job.job_id,
+                                       note=f"{len(new_ids)} item(s) waiting, the policy asks for {settings.min_items}")
+        new_items = _items(con, new_ids)
+        chain = ancestors(con, parent.version if parent else None)
+        pool = replay_pool(con, chain, new_ids, now)
+        reservoir = [r[0] for r in con.execute(
+            "SELECT item_id FROM reservoir WHERE train_scope = ? AND item_id IN (SELECT unnest(?)) ORDER BY slot",
+            [job.train_scope, pool or [-1]]).fetchall()]
+        new_vectors, pool_vectors = _vectors(con, new_ids), _vectors(con, pool)
+        pool_items = _items(con, pool)
+
+    try:
+        _write_plan(job, lm, policy, settings, new_ids, new_items, new_vectors, pool, pool_vectors, pool_items,
+                    reservoir, parent, stacked)
+    except BaseException as e:
+        with store.transaction() as con:
+            jobs.release(con, job, status="failed", error=f"{type(e).__name__}: {e}", now=_now())
+        shutil.rmtree(job.folder, ignore_errors=True)
+        raise
+    return None
+
+
+def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: ConsolidationSettings,
+                new_ids: list[int], new_items: dict[int, Item], new_vectors: np.ndarray, pool: list[int],
+                pool_vectors: np.ndarray, pool_items: dict[int, Item], reservoir: list[int],
+                parent: registry.AdapterVersion | None, stacked: registry.AdapterVersion | None) -> None:
+    max_length = policy.spec.model.max_length
+    new_examples = [tokenize(example_for(i, new_items[i], "new"), lm.tokenizer, max_length) for i in new_ids]
+
+    def measured(candidate_ids: list[int]) -> dict[int, float]:
+        candidates = [tokenize(example_for(i, pool_items[i], "replay"), lm.tokenizer, max_length) for i in candidate_ids]
+        rises = interference(lm, settings, parent=parent.path if parent else None,
+                             stacked=stacked.path if stacked else None, new=new_examples, candidates=candidates)
+        return dict(zip(candidate_ids, rises))
+
+    budget = min(settings.replay_budget, round(settings.replay_ratio * len(new_ids)))
+    replay_ids = select_replay(settings.replay, ReplayRequest(
+        new_ids=new_ids, new_vectors=new_vectors, pool_ids=pool, pool_vectors=pool_vectors, reservoir_ids=reservoir,
+        budget=budget, neighbours=settings.neighbours, reservoir_fraction=settings.reservoir_fraction,
+        seed=settings.training.seed, interference=measured))
+    examples = new_examples + [tokenize(example_for(i, pool_items[i], "replay"), lm.tokenizer, max_length)
+                               for i in replay_ids]
+    job.folder.mkdir(parents=True, exist_ok=True)
+    (job.folder / "examples.json").write_text(json.dumps(
+        [{"item_id": e.item_id, "role": e.role, "input_ids": e.input_ids, "labels": e.labels} for e in examples]))
+    (job.folder / "plan.json").write_text(json.dumps({
+        "job_id": job.job_id, "train_scope": job.train_scope, "new": new_ids, "replay": replay_ids,
+        "parent": parent.version if parent else None, "parent_path": str(parent.path) if parent else None,
+        "stacked": stacked.version if stacked else None, "stacked_path": str(stacked.path) if stacked else None,
+        "base_model": lm.model_id, "policy_hash": policy.content_hash, "settings": settings.model_dump(mode="json"),
+        "replay_strategy": settings.replay, "pool_size": len(pool)}, indent=1))
+
+
+def _load_plan(folder: Path) -> tuple[dict, list[TokenizedExample]]:
+    plan = json.loads((folder / "plan.json").read_text())
+    examples = [TokenizedExample(e["item_id"], e["role"], tuple(e["input_ids"]), tuple(e["labels"]))
+                for e in json.loads((folder / "examples.json").read_text())]
+    return plan, examples
+
+
+def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, trained: Path, base_hash: str,
+            settings: ConsolidationSettings) -> ConsolidationResult:
+    """One transaction: the adapter folder renamed into place, its registry row and lineage, the queue rows
+    done, the reservoir updated, the job finished."""
+    now = _now()
+    with store.transaction() as con:
+        version = registry.next_version(con)
+        final = store.folder / "adapters" / version
+        if final.exists():  # left by a process that died between this rename and its commit: no row owns it
+            shutil.rmtree(final)
+        os.replace(trained, final)
+        try:
+            forgotten = [r[0] for r in con.execute(
+                "SELECT id FROM items WHERE id IN (SELECT unnest(?)) AND status != 'kept'",
+                [plan["new"] + plan["replay"] or [-1]]).fetchall()]
+            lineage = {**{i: "replay" for i in plan["replay"]}, **{i: "new" for i in plan["new"]}}
+            registry.add(con, version=version, parent=plan["parent"], train_scope=plan["train_scope"],
+                         path=f"adapters/{version}", base_model=plan["base_model"], base_model_hash=base_hash,
+                         policy_hash=plan["policy_hash"], config={
+                             "settings": plan["settings"], "replay_strategy": plan["replay_strategy"],
+                             "stacked_on": plan["stacked"], "job_id": job.job_id, "pool_size": plan["pool_size"],
+                             "padding_waste": report.padding_waste, "final_loss": report.losses[-1],
+                             "resumed_from_epoch": report.resumed_from_epoch},
+                         items_new=len(plan["new"]), items_replayed=len(plan["replay"]), tokens=report.tokens,
+                         steps=report.steps, wall_s=report.wall_s, tokens_per_s=report.tokens_per_s,
+                         peak_mem_mb=report.peak_mem_mb, now=now, lineage=lineage,
+                         note=f"items forgotten while it trained: {forgotten}" if forgotten else None)
+            if forgotten:  # learned something that must be unlearned: never promote it as it is
+                con.execute("UPDATE adapters SET tainted = true WHERE version = ?", [version])
+            jobs.finish(con, job, version=version, now=now)
+            con.execute("UPDATE adapters SET job_id = ? WHERE version = ?", [job.job_id, version])
+            update_reservoir(con, plan["train_scope"], [i for i in plan["new"] if i not in forgotten],
+                             settings.reservoir_size, settings.training.seed)
+        except BaseException:
+            os.replace(final, trained)  # the transaction rolls back: leave no folder without a row
+            raise
+    shutil.rmtree(job.folder, ignore_errors=True)  # it holds the items' tokens: keep no copy once recorded
+    return ConsolidationResult(plan["train_scope"], "trained", job.job_id, version, plan["parent"], len(plan["new"]),
+                               len(plan["replay"]), report)
+
+
+def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | None = None,
+                scope: str | None = None, max_items: int | None = None, resume: bool = False,
+                lease_seconds: float = jobs.LEASE_SECONDS, progress: bool = True,
+                accelerator=None) -> list[ConsolidationResult]:
+    """Train a new adapter version for each train scope with queued items (or only `scope`).
+
+    `model`: a loaded `LanguageModel`, a model name or folder, or None for the policy's `model.name`.
+    `resume`: continue the newest job that stopped without finishing (a crash), from its last epoch checkpoint.
+    Returns one result per scope looked at; the new versions are candidates (promote them, or let the gate).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    folder = Path(store_path)
+    if scope is not None:
+        check_scope(scope, "scope")
+    accelerator = accelerator or Accelerator()
+    main = accelerator.is_main_process
+    store = open_existing(folder) if main else None
+    results: list[ConsolidationResult] = []
+    lm: LanguageModel | None = None
+    try:
+        planned: list[str] = []  # job folders to train, in order
+        if main:
+            with store.transaction() as con:
+                policy = store_policy(con).current()
+                now = _now()
+                if resume:
+                    candidates = jobs.resumable(con, folder, now=now, lease_seconds=lease_seconds)
+                    if scope is not None:
+                        candidates = [j for j in candidates if j.train_scope == scope]
+                    if not candidates:
+                        raise InvalidInput(f"{folder}: no interrupted consolidation job to resume")
+                    try:
+                        job = jobs.take_over(con, candidates[0], lease_seconds=lease_seconds, now=now)
+                    except LookupError as e:
+                        raise InvalidInput(f"job {candidates[0].job_id} cannot be resumed: {e}; run consolidate "
+                                           "without --resume") from None
+                    taken = [job]
+                else:
+                    jobs.skip_stale(con, now)
+                    waiting = jobs.scopes_waiting(con, now)
+                    scopes = [scope] if scope is not None else sorted(waiting, key=lambda s: (s != GLOBAL, s))
+                    taken = [jobs.new_job(folder, s) for s in scopes if waiting.get(s)]
+            _clean_job_folders(store)
+            settings = policy.spec.consolidation
+            for job in taken:
+                if resume:
+                    planned.append(str(job.folder))
+                    continue
+                lm = lm or _language_model(model, policy.spec.model.name)
+                skipped = _plan(store, job, lm, policy, settings, max_items=max_items, lease_seconds=lease_seconds)
+                if skipped is not None:
+                    results.append(skipped)
+                else:
+                    planned.append(str(job.folder))
+        planned_holder = [planned]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(planned_holder)
+        for job_folder in planned_holder[0]:
+            plan, examples = _load_plan(Path(job_folder))
+            lm = lm or _language_model(model, plan["base_model"])
+            job = jobs.Job(plan["job_id"], plan["train_scope"], Path(job_folder), jobs.owner())
+            results.append(_train_job(store, job, plan, examples, lm, resume=resume, progress=progress,
+                                      lease_seconds=lease_seconds, accelerator=accelerator))
+        return results if main else []
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _language_model(model: LanguageModel | str | None, name: str) -> LanguageModel:
+    return model if isinstance(model, LanguageModel) else load_model(model or name)
+
+
+def _train_job(store: Store | None, job: jobs.Job, plan: dict, examples: list[TokenizedExample], lm: LanguageModel,
+               *, resume: bool, progress: bool, lease_seconds: float, accelerator) -> ConsolidationResult:
+    settings = ConsolidationSettings.model_validate(plan["settings"])
+    trained = job.folder / "adapter"
+    try:
+        report = train_adapter(
+            lm, examples, settings, trained, parent=Path(plan["parent_path"]) if plan["parent_path"] else None,
+            stacked=Path(plan["stacked_path"]) if plan["stacked_path"] else None, checkpoints=job.folder / "checkpoints",
+            resume=resume, progress=progress, accelerator=accelerator,
+            heartbeat=_Heartbeat(store, job, lease_seconds) if store is not None else None)
+        if store is None:
+            return ConsolidationResult(job.train_scope, "trained", job.job_id)
+        return _record(store, job, plan, report, trained, lm.fingerprint, settings)
+    except BaseException as e:
+        if store is not None:
+            with store.transaction() as con:
+                jobs.release(con, job, status="failed", error=f"{type(e).__name__}: {e}", now=_now())
+            shutil.rmtree(job.folder, ignore_errors=True)
+        raise
+
+
+def _clean_job_folders(store: Store) -> None:
+    """Remove the folders of jobs that ended without being resumable: they may hold items' tokens."""
+    root = store.folder / "adapters" / ".jobs"
+    if not root.is_dir():
+        return
+    with store.transaction() as con:
+        running = {r[0] for r in con.execute("SELECT job_id FROM jobs WHERE status = 'running'").fetchall()}
+    for child in root.iterdir():
+        if child.name not in running:
+            shutil.rmtree(child, ignore_errors=True)

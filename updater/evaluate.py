@@ -1,0 +1,97 @@
+"""Did an adapter learn an item? Probes answered by greedy generation, and completion log-likelihoods.
+
+An item's probe is its `probe` (question and expected answer) when it has one, else its own demonstration
+(prompt and response); an item with neither is measured by the log-likelihood of its training completion.
+An answer is right when the normalised expected answer appears in the normalised generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engramma.memory.types import Item
+from engramma.updater.dataset import TokenizedExample, chat_prompt_ids, collate, normalise
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    item_id: int
+    question: str
+    expected: str
+    answer: str
+    correct: bool
+
+
+def probe_of(item: Item) -> tuple[str, str] | None:
+    if item.probe is not None:
+        return item.probe.question, item.probe.answer
+    if item.prompt is not None and item.response is not None:
+        return item.prompt, item.response
+    return None
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    """Greedy answers to user prompts (chat template when the tokenizer has one), batched with left padding."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            encoded = [chat_prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
+            width = max(len(e) for e in encoded)
+            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(encoded), width), dtype=torch.long)
+            for row, e in enumerate(encoded):
+                ids[row, width - len(e):] = torch.tensor(e)
+                mask[row, width - len(e):] = 1
+            with torch.inference_mode():
+                generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                           max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            for row in generated[:, width:]:
+                out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def answer_matches(expected: str, answer: str) -> bool:
+    want = normalise(expected)
+    return bool(want) and (want == normalise(answer) or want in normalise(answer))
+
+
+def run_probes(model, tokenizer, items: dict[int, Item], *, max_new_tokens: int = 32) -> list[ProbeResult]:
+    """Probe every item that has a probe (or a demonstration); items without one are left out."""
+    asked = [(item_id, probe) for item_id, item in items.items() if (probe := probe_of(item)) is not None]
+    answers = generate(model, tokenizer, [q for _, (q, _) in asked], max_new_tokens=max_new_tokens)
+    return [ProbeResult(item_id, q, a, answer, answer_matches(a, answer))
+            for (item_id, (q, a)), answer in zip(asked, answers)]
+
+
+def probe_accuracy(model, tokenizer, items: dict[int, Item]) -> float:
+    results = run_probes(model, tokenizer, items)
+    return sum(r.correct for r in results) / len(results) if results else float("nan")
+
+
+def completion_logprobs(model, tokenizer, examples: list[TokenizedExample], *, batch_size: int = 16) -> list[float]:
+    """Mean log-probability per completion token of each example (higher is better learned)."""
+    import torch
+
+    from engramma.updater.train import completion_losses
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            ids, mask, labels = (t.to(device) for t in collate(examples[start:start + batch_size], pad))
+            with torch.inference_mode():
+                loss_sum, counted, _, _ = completion_losses(model, ids, mask, labels)
+            out.extend((-loss_sum / counted.clamp(min=1)).tolist())
+    finally:
+        model.train(was_training)
+    return out

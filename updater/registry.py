@@ -1,0 +1,154 @@
+"""The adapter registry: one row per adapter version, the folder it lives in, and which one is active.
+
+An adapter is written to a temporary folder and renamed into `adapters/<version>/` before its row exists, so
+the registry never points at a missing or half-written folder. Promotion is one transaction: the scope's
+active version becomes `retired` and the promoted one `active`. `adapters/active.json` mirrors the active
+versions for cheap polling by running agents (a view of the truth, rewritten after every change).
+"""
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from engramma.errors import EngrammaError
+from engramma.memory.atomic import atomic_write_bytes
+from engramma.memory.memory import naive_utc
+
+ACTIVE_FILE = "active.json"
+
+
+class AdapterError(EngrammaError):
+    """An adapter version that does not exist, or a transition the registry refuses."""
+
+
+class AdapterStatus(str, enum.Enum):
+    CANDIDATE = "candidate"  # trained, not yet judged
+    ACTIVE = "active"  # what agents of its scope use now (at most one per scope)
+    REJECTED = "rejected"  # failed the gate, or rejected by hand
+    RETIRED = "retired"  # was active, replaced or rolled back
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterVersion:
+    version: str
+    parent: str | None
+    train_scope: str
+    status: AdapterStatus
+    path: Path  # absolute
+    base_model: str
+    base_model_hash: str | None
+    policy_hash: str | None
+    config: dict
+    metrics: dict
+    items_new: int
+    items_replayed: int
+    tokens: int
+    steps: int
+    wall_s: float | None
+    tokens_per_s: float | None
+    peak_mem_mb: float | None
+    tainted: bool
+    created_at: datetime
+    note: str | None
+
+    def as_dict(self) -> dict:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out.update(status=self.status.value, path=str(self.path), created_at=self.created_at.isoformat())
+        return out
+
+
+COLUMNS = ("version, parent, train_scope, status, path, base_model, base_model_hash, policy_hash, config, metrics, "
+           "items_new, items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, tainted, created_at, note")
+
+
+def _row(store_folder: Path, row: tuple) -> AdapterVersion:
+    (version, parent, scope, status, path, base_model, base_hash, policy_hash, config, metrics, items_new,
+     items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, tainted, created_at, note) = row
+    return AdapterVersion(version, parent, scope, AdapterStatus(status), store_folder / path, base_model, base_hash,
+                          policy_hash, json.loads(config) if config else {}, json.loads(metrics) if metrics else {},
+                          items_new, items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, tainted,
+                          created_at.replace(tzinfo=timezone.utc), note)
+
+
+def next_version(con: duckdb.DuckDBPyConnection) -> str:
+    n = con.execute("SELECT coalesce(max(CAST(substr(version, 2) AS INTEGER)), 0) FROM adapters").fetchall()[0][0]
+    return f"v{n + 1}"
+
+
+def add(con: duckdb.DuckDBPyConnection, *, version: str, parent: str | None, train_scope: str, path: str,
+        base_model: str, base_model_hash: str, policy_hash: str | None, config: dict, items_new: int,
+        items_replayed: int, tokens: int, steps: int, wall_s: float, tokens_per_s: float, peak_mem_mb: float,
+        now: datetime, lineage: dict[int, str], note: str | None = None) -> None:
+    """A new candidate and its lineage (item id -> role: new | replay), in the caller's transaction."""
+    con.execute(
+        f"INSERT INTO adapters ({COLUMNS}, status_changed_at) VALUES "
+        "(?, ?, ?, 'candidate', ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?, ?, ?, false, ?, ?, ?)",
+        [version, parent, train_scope, path, base_model, base_model_hash, policy_hash, json.dumps(config), items_new,
+         items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, naive_utc(now), note, naive_utc(now)])
+    if lineage:
+        con.execute("INSERT INTO lineage SELECT ?, unnest(?), unnest(?)",
+                    [version, list(lineage), list(lineage.values())])
+
+
+def get(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str) -> AdapterVersion:
+    rows = con.execute(f"SELECT {COLUMNS} FROM adapters WHERE version = ?", [version]).fetchall()
+    if not rows:
+        known = [r[0] for r in con.execute("SELECT version FROM adapters ORDER BY created_at").fetchall()]
+        raise AdapterError(f"no adapter {version!r} in {store_folder}"
+                           + (f"; the versions are {', '.join(known)}" if known else "; none has been trained yet"))
+    return _row(store_folder, rows[0])
+
+
+def versions(con: duckdb.DuckDBPyConnection, store_folder: Path) -> list[AdapterVersion]:
+    rows = con.execute(f"SELECT {COLUMNS} FROM adapters ORDER BY CAST(substr(version, 2) AS INTEGER)").fetchall()
+    return [_row(store_folder, r) for r in rows]
+
+
+def active(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: str) -> AdapterVersion | None:
+    rows = con.execute(f"SELECT {COLUMNS} FROM adapters WHERE status = 'active' AND train_scope = ?",
+                       [train_scope]).fetchall()
+    return _row(store_folder, rows[0]) if rows else None
+
+
+def set_status(con: duckdb.DuckDBPyConnection, version: str, status: AdapterStatus, now: datetime,
+               note: str | None = None) -> None:
+    con.execute("UPDATE adapters SET status = ?, status_changed_at = ?, note = coalesce(?, note) WHERE version = ?",
+                [status.value, naive_utc(now), note, version])
+
+
+def promote(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, now: datetime,
+            note: str | None = None) -> AdapterVersion | None:
+    """Make `version` its scope's active adapter; the one it replaces is retired and returned."""
+    adapter = get(con, store_folder, version)
+    if adapter.status is AdapterStatus.ACTIVE:
+        raise AdapterError(f"{version} is already the active adapter of {adapter.train_scope}")
+    if adapter.status is AdapterStatus.REJECTED and note is None:
+        raise AdapterError(f"{version} was rejected ({adapter.note or 'by hand'}); promoting it needs a reason")
+    if not (adapter.path / "adapter_config.json").is_file():
+        raise AdapterError(f"{version}: its folder {adapter.path} is missing or incomplete; it cannot be promoted")
+    previous = active(con, store_folder, adapter.train_scope)
+    if previous is not None:
+        set_status(con, previous.version, AdapterStatus.RETIRED, now)
+    set_status(con, version, AdapterStatus.ACTIVE, now, note)
+    return previous
+
+
+def write_active_pointer(con: duckdb.DuckDBPyConnection, store_folder: Path) -> None:
+    """Rewrite adapters/active.json from the registry (call after the transaction that changed it)."""
+    rows = con.execute("SELECT train_scope, version, path, base_model, base_model_hash FROM adapters "
+                       "WHERE status = 'active' ORDER BY train_scope").fetchall()
+    data = {scope: {"version": version, "path": path, "base_model": base, "base_model_hash": digest}
+            for scope, version, path, base, digest in rows}
+    atomic_write_bytes(store_folder / "adapters" / ACTIVE_FILE, json.dumps(data, indent=1).encode())
+
+
+def read_active_pointer(store_folder: Path) -> dict[str, dict]:
+    try:
+        return json.loads((store_folder / "adapters" / ACTIVE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
