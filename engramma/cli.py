@@ -349,11 +349,15 @@ def consolidate_command(
 ) -> None:
     """Train a new adapter version on the update queue, with replay. Works under `accelerate launch` too."""
     from engramma.updater import consolidate
+    from engramma.updater.train import make_accelerator
 
     if not (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
+    accelerator = make_accelerator()  # several processes under `accelerate launch`: the main one reports
     results = consolidate(store, model=model, scope=scope, max_items=max_items, resume=resume, lease_seconds=lease,
-                          progress=not as_json)
+                          progress=not as_json, accelerator=accelerator)
+    if not accelerator.is_main_process:
+        return
     if as_json:
         _print_json([_result_dict(r) for r in results])
         return

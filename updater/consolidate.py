@@ -32,7 +32,7 @@ from engramma.updater import registry
 from engramma.updater.dataset import TokenizedExample, example_for, tokenize
 from engramma.updater.model import LanguageModel, load_model
 from engramma.updater.replay import ReplayRequest, select_replay
-from engramma.updater.train import TrainReport, interference, train_adapter
+from engramma.updater.train import TrainReport, interference, make_accelerator, train_adapter
 
 GLOBAL = "global"
 
@@ -247,13 +247,12 @@ def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | N
     `resume`: continue the newest job that stopped without finishing (a crash), from its last epoch checkpoint.
     Returns one result per scope looked at; the new versions are candidates (promote them, or let the gate).
     """
-    from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
     folder = Path(store_path)
     if scope is not None:
         check_scope(scope, "scope")
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     main = accelerator.is_main_process
     store = open_existing(folder) if main else None
     results: list[ConsolidationResult] = []
@@ -278,6 +277,7 @@ def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | N
                     taken = [job]
                 else:
                     jobs.skip_stale(con, now)
+                    jobs.abandon_expired(con, now)
                     waiting = jobs.scopes_waiting(con, now)
                     scopes = [scope] if scope is not None else sorted(waiting, key=lambda s: (s != GLOBAL, s))
                     taken = [jobs.new_job(folder, s) for s in scopes if waiting.get(s)]

@@ -61,6 +61,14 @@ def skip_stale(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     return len(stale)
 
 
+def abandon_expired(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    """Running jobs whose leases ran out lose their items to the next claim: mark them abandoned, so that
+    nobody resumes them and their folders are cleaned."""
+    con.execute("UPDATE jobs SET status = 'abandoned' WHERE status = 'running' AND job_id IN ("
+                "SELECT DISTINCT lease_owner FROM queue WHERE status = 'claimed' AND lease_expires < ?)",
+                [naive_utc(now)])
+
+
 def start(con: duckdb.DuckDBPyConnection, job: Job, *, parent: str | None, now: datetime, config: dict) -> None:
     con.execute("INSERT INTO jobs (job_id, status, train_scope, parent, owner, folder, started_at, heartbeat_at, error) "
                 "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
@@ -72,10 +80,6 @@ def claim(con: duckdb.DuckDBPyConnection, job: Job, *, limit: int | None, lease_
           now: datetime) -> list[int]:
     """Lease up to `limit` claimable items of the job's train scope, highest priority first, oldest first."""
     until = naive_utc(now + timedelta(seconds=lease_seconds))
-    # Jobs whose leases ran out lose their items: mark them abandoned so nobody resumes them by mistake.
-    con.execute("UPDATE jobs SET status = 'abandoned' WHERE status = 'running' AND job_id IN ("
-                "SELECT DISTINCT lease_owner FROM queue WHERE status = 'claimed' AND lease_expires < $now "
-                "AND train_scope = $scope)", {"now": naive_utc(now), "scope": job.train_scope})
     rows = con.execute(
         f"SELECT item_id FROM queue WHERE {CLAIMABLE} AND train_scope = $scope "
         f"ORDER BY priority DESC, enqueued_at, item_id {'LIMIT $limit' if limit else ''}",

@@ -48,6 +48,15 @@ class TrainReport:
     resumed_from_epoch: int | None = None
 
 
+def make_accelerator():
+    """One process, or DDP under `accelerate launch`. Without CUDA, `cpu=True` is what makes accelerate join
+    the processes (`--multi_gpu` on a CPU machine otherwise leaves each one alone, unaware of the others)."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def lr_factor(schedule: str, step: int, total: int, warmup: int, decay_ratio: float = 0.2) -> float:
     """Multiplier of the learning rate at `step` (0-based). Warmup is linear; warmup_stable_decay then holds and
     decays linearly to zero over the last `decay_ratio` of the steps. Every round starts its own schedule."""
@@ -179,13 +188,12 @@ def train_adapter(
     latest one. The base model is left as it was found (the adapter is unloaded before returning).
     """
     import torch
-    from accelerate import Accelerator
     from peft import load_peft_weights, set_peft_model_state_dict
 
     if not examples:
         raise ValueError("no examples to train on")
     training = settings.training
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(training.seed + rank)
     use_kl = training.kl_weight > 0 and parent is not None and any(e.role == "replay" for e in examples)
@@ -199,8 +207,6 @@ def train_adapter(
         per_epoch = math.ceil(len(examples) / global_batch)
         total_steps = per_epoch * training.epochs
         warmup = round(training.warmup_ratio * total_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            raw_optimizer, lambda step: lr_factor(training.schedule, step, total_steps, warmup))
         ddp_model, optimizer = accelerator.prepare(model, raw_optimizer)
 
         start_epoch, step, losses, tokens, label_tokens, resumed = 0, 0, [], 0, 0, None
@@ -217,8 +223,9 @@ def train_adapter(
                 torch.cuda.set_rng_state(rng["cuda"])
             start_epoch, step, losses = state["epoch"] + 1, state["step"], state["losses"]
             tokens, label_tokens, resumed = state["tokens"], state["label_tokens"], state["epoch"]
-            for _ in range(step):
-                schedule.step()
+        done = step  # the schedule goes on from the step a resumed run stopped at
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            raw_optimizer, lambda n: lr_factor(training.schedule, done + n, total_steps, warmup))
 
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                     else torch.autocast("cpu", enabled=False))
