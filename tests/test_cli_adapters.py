@@ -1,0 +1,40 @@
+"""`engramma consolidate` and `engramma adapters ...` as a user runs them."""
+import json
+
+import tiny_lm
+
+from test_cli import assert_clean_error, engramma
+
+
+def test_consolidate_then_list_show_and_promote(tmp_path, tiny_model_path):
+    store = tmp_path / "store"
+    policy = tiny_lm.facts_policy(tmp_path, epochs=20)
+    assert engramma("init", store, "--policy", policy).returncode == 0
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f.to_dict()) for f in tiny_lm.colour_facts(tiny_lm.TAUGHT[:6], seed=0)))
+    assert engramma("ingest", store, facts).returncode == 0
+
+    assert_clean_error(engramma("consolidate", store, "--model", tmp_path / "missing-model"),
+                       "could not be loaded offline")
+    done = engramma("consolidate", store, "--model", tiny_model_path, "--json")
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    assert (result["version"], result["status"], result["items_new"]) == ("v1", "trained", 6)
+    assert result["tokens"] > 0 and result["tokens_per_s"] > 0 and 0 <= result["padding_waste"] < 0.1
+    again = engramma("consolidate", store, "--model", tiny_model_path)
+    assert again.returncode == 0 and "nothing to consolidate" in again.stdout
+
+    listed = engramma("adapters", "list", store)
+    assert listed.returncode == 0 and "v1\tglobal\tcandidate" in listed.stdout
+    shown = json.loads(engramma("adapters", "show", store, "v1", "--json").stdout)
+    assert shown["lineage"] == {"new": 6} and shown["items_new"] == 6 and shown["base_model_hash"]
+    promoted = engramma("adapters", "promote", store, "v1")
+    assert promoted.returncode == 0 and "v1 is now the active adapter of global" in promoted.stdout
+    assert json.loads(engramma("adapters", "list", store, "--json").stdout)[0]["status"] == "active"
+    assert_clean_error(engramma("adapters", "promote", store, "v1"), "already the active adapter")
+    assert_clean_error(engramma("adapters", "show", store, "v9"), "no adapter 'v9'", "the versions are v1")
+
+
+def test_consolidate_needs_a_store(tmp_path):
+    assert_clean_error(engramma("consolidate", tmp_path / "nowhere"), "no engramma store here")
+    assert_clean_error(engramma("adapters", "list", tmp_path / "nowhere"), "no engramma store here")
