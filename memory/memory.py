@@ -72,6 +72,27 @@ def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, l
     return LivePolicy(stored or DEFAULT_POLICY, last_good=last_good)
 
 
+def write_head(folder: Path, seq: int) -> None:
+    """Record the newest event seq in the store's head file: open Memory objects compare it with what they have
+    seen, and replay the event log when it moved."""
+    fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, struct.pack("<q", seq), 0)
+    finally:
+        os.close(fd)
+
+
+def append_events(con, folder: Path, op: str, ids: list[int], now: datetime) -> int:
+    """Append events written outside a Memory (the gate evicting items from the index, unlearning) after the
+    newest seq, and move the head, so that every open Memory brings its view up to date. Returns the last seq."""
+    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
+    seqs = list(range(seq + 1, seq + 1 + len(ids)))
+    insert(con, "events", {"seq": seqs, "op": [op] * len(ids), "item_id": ids, "scope": [None] * len(ids),
+                           "happened_at": [naive_utc(now)] * len(ids)}, EVENTS_SCHEMA)
+    write_head(folder, seqs[-1])
+    return seqs[-1]
+
+
 def _check_k(k: int) -> None:
     if not isinstance(k, int) or k < 1:
         raise InvalidItem(f"k: must be a whole number of at least 1, got {k!r}")
@@ -411,6 +432,12 @@ class Memory:
             seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
             self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
             self._write_head(seqs[-1])
+            # Forgetting reaches the weights: adapters that saw the items are tainted, then rolled back or
+            # queued for a rebuild, as the policy says. Its own events (items returning to the index when an
+            # adapter is rolled back) come after ours and move the head on; the next read replays them.
+            from engramma.updater.unlearn import unlearn
+
+            unlearn(con, self.folder, ids, self.policy.spec.gate.on_forget, now)
             self._read_counters(con)
         self._seen_head = self.view.seq = seqs[-1]
         self.view.remove(ids)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from engramma.errors import StoreBusy, StoreError
 
 DB_FILE = "engramma.duckdb"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def schema_v1(dim: int) -> list[str]:
@@ -197,6 +197,27 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (train_scope, slot)
         )""",
         "CREATE TABLE reservoir_seen (train_scope VARCHAR PRIMARY KEY, seen BIGINT NOT NULL)",
+    ],
+    # 3: evaluation and unlearning. One row per (model, item) probed: the accuracy matrix across rounds is a
+    # GROUP BY over it. A retrain request asks the next consolidation to rebuild a scope from a clean ancestor.
+    3: [
+        # the version that was active when this one was promoted: where a rollback returns to
+        "ALTER TABLE adapters ADD COLUMN replaced VARCHAR",
+        """CREATE TABLE probe_results (
+            evaluated VARCHAR NOT NULL,          -- an adapter version, or 'base'
+            item_id BIGINT NOT NULL,
+            task VARCHAR,                        -- the version that learned the item as new: its round
+            correct BOOLEAN,                     -- NULL: the item has no probe, only a log-likelihood
+            logprob DOUBLE,                      -- mean log-probability per completion token
+            evaluated_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (evaluated, item_id)
+        )""",
+        """CREATE TABLE retrain_requests (
+            train_scope VARCHAR PRIMARY KEY,
+            from_version VARCHAR,                -- the clean ancestor to rebuild from (NULL: the base model)
+            requested_at TIMESTAMP NOT NULL,
+            reason VARCHAR NOT NULL
+        )""",
     ],
 }
 

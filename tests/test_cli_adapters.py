@@ -1,4 +1,4 @@
-"""`engramma consolidate` and `engramma adapters ...` as a user runs them."""
+"""`engramma consolidate`, `adapters ...`, `audit` and `report` as a user runs them."""
 import json
 
 import tiny_lm
@@ -6,9 +6,10 @@ import tiny_lm
 from test_cli import assert_clean_error, engramma
 
 
-def test_consolidate_then_list_show_and_promote(tmp_path, tiny_model_path):
+def test_consolidate_then_list_show_promote_rollback_audit_and_report(tmp_path, tiny_model_path):
     store = tmp_path / "store"
-    policy = tiny_lm.facts_policy(tmp_path, epochs=20)
+    policy = tiny_lm.facts_policy(tmp_path, epochs=30)
+    policy.write_text(policy.read_text() + "gate: {max_perplexity_increase: 0.5}\n")
     assert engramma("init", store, "--policy", policy).returncode == 0
     facts = tmp_path / "facts.jsonl"
     facts.write_text("\n".join(json.dumps(f.to_dict()) for f in tiny_lm.colour_facts(tiny_lm.TAUGHT[:6], seed=0)))
@@ -16,7 +17,7 @@ def test_consolidate_then_list_show_and_promote(tmp_path, tiny_model_path):
 
     assert_clean_error(engramma("consolidate", store, "--model", tmp_path / "missing-model"),
                        "could not be loaded offline")
-    done = engramma("consolidate", store, "--model", tiny_model_path, "--json")
+    done = engramma("consolidate", store, "--model", tiny_model_path, "--no-gate", "--json")
     assert done.returncode == 0, done.stderr
     [result] = json.loads(done.stdout)
     assert (result["version"], result["status"], result["items_new"]) == ("v1", "trained", 6)
@@ -33,8 +34,26 @@ def test_consolidate_then_list_show_and_promote(tmp_path, tiny_model_path):
     assert json.loads(engramma("adapters", "list", store, "--json").stdout)[0]["status"] == "active"
     assert_clean_error(engramma("adapters", "promote", store, "v1"), "already the active adapter")
     assert_clean_error(engramma("adapters", "show", store, "v9"), "no adapter 'v9'", "the versions are v1")
+    assert_clean_error(engramma("adapters", "reject", store, "v1"), "only a candidate can be rejected")
+
+    more = tmp_path / "more.jsonl"
+    more.write_text("\n".join(json.dumps(f.to_dict()) for f in tiny_lm.colour_facts(tiny_lm.TAUGHT[6:12], seed=0)))
+    engramma("ingest", store, more)
+    gated = engramma("consolidate", store, "--model", tiny_model_path)
+    assert gated.returncode == 0, gated.stderr
+    assert "pass  new_accuracy" in gated.stdout and "v2 promoted" in gated.stdout, gated.stdout
+
+    rolled = engramma("adapters", "rollback", store)
+    assert rolled.returncode == 0 and "v2 retired; v1 is active again" in rolled.stdout
+    audit = json.loads(engramma("audit", store, "1", "--json").stdout)
+    assert [(a["version"], a["role"], a["status"]) for a in audit["adapters"]] == [
+        ("v1", "new", "active"), ("v2", "replay", "retired")]
+    assert_clean_error(engramma("audit", store, "999"), "no item 999")
+    report = engramma("report", store, "--out", tmp_path / "report")
+    assert report.returncode == 0 and (tmp_path / "report" / "index.html").is_file()
 
 
 def test_consolidate_needs_a_store(tmp_path):
     assert_clean_error(engramma("consolidate", tmp_path / "nowhere"), "no engramma store here")
     assert_clean_error(engramma("adapters", "list", tmp_path / "nowhere"), "no engramma store here")
+    assert_clean_error(engramma("audit", tmp_path / "nowhere", "1"), "no engramma store here")

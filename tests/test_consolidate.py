@@ -52,7 +52,7 @@ def test_new_facts_are_learned_and_recorded(tmp_path, embedder, tiny):
     facts = observe(store, tiny_lm.facts_policy(tmp_path), tiny_lm.colour_facts(tiny_lm.TAUGHT[:20], seed=0), embedder)
     assert probe_accuracy(tiny.model, tiny.tokenizer, facts) <= 0.3, "the base model must not know them already"
 
-    [result] = consolidate(store, model=tiny, progress=False)
+    [result] = consolidate(store, model=tiny, progress=False, gate=False)
     assert (result.status, result.version, result.parent, result.items_new) == ("trained", "v1", None, 20)
     assert accuracy_with(tiny, store, "v1", facts) >= 0.9
 
@@ -73,13 +73,13 @@ def test_new_facts_are_learned_and_recorded(tmp_path, embedder, tiny):
 def test_an_empty_queue_trains_nothing_and_a_missing_model_is_one_clear_error(tmp_path, embedder, tiny):
     store = tmp_path / "store"
     observe(store, "preset:index-only", tiny_lm.colour_facts(tiny_lm.TAUGHT[:3], seed=0), embedder)
-    assert consolidate(store, model=tiny, progress=False) == []
+    assert consolidate(store, model=tiny, progress=False, gate=False) == []
     observe(store, tiny_lm.facts_policy(tmp_path), tiny_lm.colour_facts(tiny_lm.TAUGHT[3:5], seed=0), embedder)
     with pytest.raises(ModelNotFound, match="could not be loaded offline"):
-        consolidate(store, model=str(tmp_path / "no-such-model"), progress=False)
+        consolidate(store, model=str(tmp_path / "no-such-model"), progress=False, gate=False)
     assert rows(store, "SELECT DISTINCT status FROM queue") == [("pending",)], "nothing was claimed"
     with pytest.raises(InvalidInput, match="no interrupted consolidation job"):
-        consolidate(store, model=tiny, resume=True, progress=False)
+        consolidate(store, model=tiny, resume=True, progress=False, gate=False)
 
 
 def test_too_few_items_wait_for_the_next_round(tmp_path, embedder, tiny):
@@ -87,7 +87,7 @@ def test_too_few_items_wait_for_the_next_round(tmp_path, embedder, tiny):
     policy = tiny_lm.facts_policy(tmp_path)
     policy.write_text(policy.read_text().replace("min_items: 1", "min_items: 5"))
     observe(store, policy, tiny_lm.colour_facts(tiny_lm.TAUGHT[:3], seed=0), embedder)
-    [result] = consolidate(store, model=tiny, progress=False)
+    [result] = consolidate(store, model=tiny, progress=False, gate=False)
     assert result.status == "skipped" and "3 item(s) waiting" in result.note
     assert rows(store, "SELECT DISTINCT status, lease_owner FROM queue") == [("pending", None)]
     assert rows(store, "SELECT count(*) FROM adapters") == [(0,)]
@@ -103,7 +103,7 @@ def test_a_failed_job_leaves_its_items_pending_and_no_adapter(tmp_path, embedder
                                probe={"question": "What is the colour of project zz?",
                                       "answer": "<beyond-the-embedding-table>"})], embedder)
     with pytest.raises(IndexError):
-        consolidate(store, model=tiny, progress=False)
+        consolidate(store, model=tiny, progress=False, gate=False)
     assert rows(store, "SELECT DISTINCT status, lease_owner FROM queue") == [("pending", None)]
     assert rows(store, "SELECT count(*) FROM adapters") == [(0,)]
     [(status, error)] = rows(store, "SELECT status, error FROM jobs")
@@ -116,10 +116,10 @@ def round_accuracy(tmp_path, embedder, lm, replay: str) -> tuple[float, float, f
     store = tmp_path / f"store-{replay}"
     policy = tiny_lm.facts_policy(tmp_path, replay=replay, name=f"{replay}.yaml")
     a = observe(store, policy, tiny_lm.colour_facts(tiny_lm.TAUGHT[:20], seed=0), embedder)
-    [first] = consolidate(store, model=lm, progress=False)
+    [first] = consolidate(store, model=lm, progress=False, gate=False)
     promote(store, first.version)
     b = observe(store, policy, tiny_lm.colour_facts(tiny_lm.TAUGHT[20:40], seed=0), embedder)
-    [second] = consolidate(store, model=lm, progress=False)
+    [second] = consolidate(store, model=lm, progress=False, gate=False)
     assert second.parent == first.version
     assert second.items_replayed == (20 if replay != "none" else 0)
     replayed = {r[0] for r in rows(store, "SELECT item_id FROM lineage WHERE adapter_version = ? AND role = 'replay'",
@@ -142,9 +142,9 @@ def test_hot_swap_follows_promotions_without_a_restart(tmp_path, embedder, tiny)
     store = tmp_path / "store"
     policy = tiny_lm.facts_policy(tmp_path)
     a = observe(store, policy, tiny_lm.colour_facts(tiny_lm.TAUGHT[:12], seed=0), embedder)
-    consolidate(store, model=tiny, progress=False)
+    consolidate(store, model=tiny, progress=False, gate=False)
     b = observe(store, policy, tiny_lm.colour_facts(tiny_lm.TAUGHT[12:24], seed=0), embedder)
-    consolidate(store, model=tiny, progress=False)
+    consolidate(store, model=tiny, progress=False, gate=False)
 
     running = ActiveAdapters(load_model(str(tiny.model.name_or_path)), store)
     assert running.refresh() is False and running.loaded == {}, "nothing promoted yet: the base model runs"

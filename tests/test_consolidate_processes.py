@@ -28,7 +28,7 @@ CONSOLIDATE = """
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.01)
-    results = consolidate(store, model=lm, max_items=max_items or None, lease_seconds=lease, progress=False)
+    results = consolidate(store, model=lm, max_items=max_items or None, lease_seconds=lease, progress=False, gate=False)
     print(";".join(f"{r.version}:{r.items_new}" for r in results), flush=True)
 """
 
@@ -67,7 +67,7 @@ def test_two_jobs_at_once_never_train_the_same_item(tmp_path, embedder, spawn, t
         assert child.wait(timeout=300) == 0, child.stderr_path.read_text()[-3000:]
         outputs.append(child.stdout.read().strip())
     assert sorted(o.split(":")[1] for o in outputs) == ["10", "10"], outputs
-    consolidate(store, model=str(tiny_model_path), progress=False)  # the ten nobody claimed
+    consolidate(store, model=str(tiny_model_path), progress=False, gate=False)  # the ten nobody claimed
     learned = rows(store, "SELECT adapter_version, item_id FROM lineage WHERE role = 'new'")
     by_item: dict[int, list[str]] = {}
     for version, item in learned:
@@ -86,11 +86,11 @@ def test_a_killed_jobs_lease_runs_out_and_its_items_return(tmp_path, embedder, s
     wait_for(lambda: jobs.is_dir() and any(jobs.glob("*/checkpoints/epoch-*/state.json")), what="training")
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert consolidate(store, model=str(tiny_model_path), progress=False) == [], "its leases still hold"
+    assert consolidate(store, model=str(tiny_model_path), progress=False, gate=False) == [], "its leases still hold"
     time.sleep(3.5)
     policy = tmp_path / "store.yaml"
     policy.write_text(policy.read_text().replace("epochs: 2000", "epochs: 5"))  # a cheap second run
-    [result] = consolidate(store, model=str(tiny_model_path), progress=False)
+    [result] = consolidate(store, model=str(tiny_model_path), progress=False, gate=False)
     assert (result.status, result.items_new) == ("trained", 8)
     statuses = dict(rows(store, "SELECT status, count(*) FROM jobs GROUP BY ALL"))
     assert statuses == {"abandoned": 1, "done": 1}
@@ -106,7 +106,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(tmp_pat
     reference = make_store(tmp_path, embedder, 10, epochs=300, name="reference")
     crashed = tmp_path / "crashed"
     shutil.copytree(reference, crashed)
-    [uninterrupted] = consolidate(reference, model=str(tiny_model_path), progress=False)
+    [uninterrupted] = consolidate(reference, model=str(tiny_model_path), progress=False, gate=False)
 
     go = tmp_path / "go"
     go.touch()
@@ -117,7 +117,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(tmp_pat
     child.wait()
     assert rows(crashed, "SELECT count(*) FROM adapters") == [(0,)]
 
-    [resumed] = consolidate(crashed, model=str(tiny_model_path), resume=True, progress=False)
+    [resumed] = consolidate(crashed, model=str(tiny_model_path), resume=True, progress=False, gate=False)
     assert resumed.report.resumed_from_epoch is not None and resumed.report.resumed_from_epoch < 299
     assert resumed.report.steps == uninterrupted.report.steps
     assert resumed.report.losses == pytest.approx(uninterrupted.report.losses, abs=1e-6)
@@ -132,10 +132,10 @@ def test_two_process_ddp_matches_one_process(tmp_path, embedder, tiny_model_path
     one = make_store(tmp_path, embedder, 10, epochs=10, name="one")
     two = tmp_path / "two"
     shutil.copytree(one, two)
-    consolidate(one, model=str(tiny_model_path), progress=False)
+    consolidate(one, model=str(tiny_model_path), progress=False, gate=False)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29517", "-m", "engramma.cli", "consolidate", str(two), "--model", str(tiny_model_path), "--json"]
+              "29517", "-m", "engramma.cli", "consolidate", str(two), "--model", str(tiny_model_path), "--no-gate", "--json"]
     done = subprocess.run(launch, capture_output=True, text=True, env=child_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert rows(two, "SELECT version, items_new FROM adapters") == [("v1", 10)]

@@ -135,11 +135,11 @@ def two_rounds(tmp_path, embedder, lm, *, replay="retrieval", kl=0.0, name="stor
     policy.write_text(policy.read_text().replace("seed: 0}", f"seed: 0, kl_weight: {kl}}}"))
     with Memory.open(store, embedder=embedder, policy=policy) as mem:
         mem.observe_many(tiny_lm.colour_facts(tiny_lm.TAUGHT[:8], seed=0))
-    consolidate(store, model=lm, progress=False)
+    consolidate(store, model=lm, progress=False, gate=False)
     promote(store, "v1")
     with Memory.open(store, embedder=embedder) as mem:
         mem.observe_many(tiny_lm.colour_facts(tiny_lm.TAUGHT[8:16], seed=0))
-    [second] = consolidate(store, model=lm, progress=False)
+    [second] = consolidate(store, model=lm, progress=False, gate=False)
     return store, second
 
 
@@ -171,11 +171,11 @@ def test_a_user_scope_adapter_trains_on_top_of_the_global_one(tmp_path, embedder
                for f in tiny_lm.colour_facts(tiny_lm.TAUGHT[6:12], seed=0)]
     with Memory.open(store, embedder=embedder, policy=policy) as mem:
         shared_ids = {r.id: r.item for r in mem.observe_many(shared)}
-    consolidate(store, model=tiny, progress=False)
+    consolidate(store, model=tiny, progress=False, gate=False)
     promote(store, "v1")
     with Memory.open(store, embedder=embedder) as mem:
         private_ids = {r.id: r.item for r in mem.observe_many(private)}
-    [result] = consolidate(store, model=tiny, progress=False)
+    [result] = consolidate(store, model=tiny, progress=False, gate=False)
     assert (result.train_scope, result.version, result.parent) == ("user:alice", "v2", None)
     config = json.loads(rows(store, "SELECT config FROM adapters WHERE version = 'v2'")[0][0])
     assert config["stacked_on"] == "v1"

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from engramma.policies.schema import ConsolidationSettings
 from engramma.updater import queue as jobs
 from engramma.updater import registry
 from engramma.updater.dataset import TokenizedExample, example_for, tokenize
+from engramma.updater.gate import GateReport, gate as run_gate
 from engramma.updater.model import LanguageModel, load_model
 from engramma.updater.replay import ReplayRequest, select_replay
 from engramma.updater.train import TrainReport, interference, make_accelerator, train_adapter
@@ -40,13 +41,14 @@ GLOBAL = "global"
 @dataclass(frozen=True, slots=True)
 class ConsolidationResult:
     train_scope: str
-    status: str  # trained | skipped | failed
+    status: str  # trained (then promoted, rejected or left a candidate: see `gate`) | skipped
     job_id: str | None
     version: str | None = None
     parent: str | None = None
     items_new: int = 0
     items_replayed: int = 0
     report: TrainReport | None = None
+    gate: GateReport | None = None  # the verdict on the new version, when the gate ran
     note: str = ""
 
 
@@ -66,15 +68,6 @@ def _vectors(con, ids: list[int]) -> np.ndarray:
     row = {int(i): n for n, i in enumerate(table.column("id").to_pylist())}
     vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(len(row), -1)
     return vectors[[row[i] for i in ids]]
-
-
-def ancestors(con, version: str | None) -> list[str]:
-    """`version` and its parents, newest first."""
-    chain = []
-    while version is not None and version not in chain:
-        chain.append(version)
-        version = scalar(con, "SELECT parent FROM adapters WHERE version = ?", [version])
-    return chain
 
 
 def replay_pool(con, chain: list[str], exclude: list[int], now: datetime) -> list[int]:
@@ -129,7 +122,13 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
     folder = store.folder
     with store.transaction() as con:
         jobs.skip_stale(con, now)
-        parent = registry.active(con, folder, job.train_scope)
+        # After unlearning, the scope is rebuilt from its clean ancestor rather than continued from the active.
+        rebuild = con.execute("SELECT from_version FROM retrain_requests WHERE train_scope = ?",
+                              [job.train_scope]).fetchall()
+        if rebuild:
+            parent = registry.get(con, folder, rebuild[0][0]) if rebuild[0][0] else None
+        else:
+            parent = registry.active(con, folder, job.train_scope)
         stacked = registry.active(con, folder, GLOBAL) if job.train_scope != GLOBAL else None
         jobs.start(con, job, parent=parent.version if parent else None, now=now,
                    config={"policy": policy.content_hash})
@@ -139,7 +138,7 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
             return ConsolidationResult(job.train_scope, "skipped", job.job_id,
                                        note=f"{len(new_ids)} item(s) waiting, the policy asks for {settings.min_items}")
         new_items = _items(con, new_ids)
-        chain = ancestors(con, parent.version if parent else None)
+        chain = registry.ancestors(con, parent.version if parent else None)
         pool = replay_pool(con, chain, new_ids, now)
         reservoir = [r[0] for r in con.execute(
             "SELECT item_id FROM reservoir WHERE train_scope = ? AND item_id IN (SELECT unnest(?)) ORDER BY slot",
@@ -226,6 +225,8 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
             if forgotten:  # learned something that must be unlearned: never promote it as it is
                 con.execute("UPDATE adapters SET tainted = true WHERE version = ?", [version])
             jobs.finish(con, job, version=version, now=now)
+            con.execute("DELETE FROM retrain_requests WHERE train_scope = ? AND from_version IS NOT DISTINCT FROM ?",
+                        [plan["train_scope"], plan["parent"]])
             con.execute("UPDATE adapters SET job_id = ? WHERE version = ?", [job.job_id, version])
             update_reservoir(con, plan["train_scope"], [i for i in plan["new"] if i not in forgotten],
                              settings.reservoir_size, settings.training.seed)
@@ -239,13 +240,14 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
 
 def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | None = None,
                 scope: str | None = None, max_items: int | None = None, resume: bool = False,
-                lease_seconds: float = jobs.LEASE_SECONDS, progress: bool = True,
+                lease_seconds: float = jobs.LEASE_SECONDS, progress: bool = True, gate: bool = True,
                 accelerator=None) -> list[ConsolidationResult]:
-    """Train a new adapter version for each train scope with queued items (or only `scope`).
+    """Train a new adapter version for each train scope with queued items (or only `scope`), then gate it.
 
     `model`: a loaded `LanguageModel`, a model name or folder, or None for the policy's `model.name`.
     `resume`: continue the newest job that stopped without finishing (a crash), from its last epoch checkpoint.
-    Returns one result per scope looked at; the new versions are candidates (promote them, or let the gate).
+    `gate`: evaluate each new version and promote or reject it as the policy's gate says; False leaves it a
+    candidate. Returns one result per scope looked at.
     """
     from accelerate.utils import broadcast_object_list
 
@@ -300,8 +302,11 @@ def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | N
             plan, examples = _load_plan(Path(job_folder))
             lm = lm or _language_model(model, plan["base_model"])
             job = jobs.Job(plan["job_id"], plan["train_scope"], Path(job_folder), jobs.owner())
-            results.append(_train_job(store, job, plan, examples, lm, resume=resume, progress=progress,
-                                      lease_seconds=lease_seconds, accelerator=accelerator))
+            result = _train_job(store, job, plan, examples, lm, resume=resume, progress=progress,
+                                lease_seconds=lease_seconds, accelerator=accelerator)
+            if main and gate and result.version is not None:
+                result = replace(result, gate=run_gate(store, lm, result.version))
+            results.append(result)
         return results if main else []
     finally:
         if store is not None:

@@ -95,3 +95,44 @@ def completion_logprobs(model, tokenizer, examples: list[TokenizedExample], *, b
     finally:
         model.train(was_training)
     return out
+
+
+# General text the project writes, for the perplexity check: plain, varied English prose. The gate adds
+# held-out indexed items and, when the policy names one, a file of the user's own.
+GENERAL_TEXT = (
+    "The library opens at nine in the morning and closes at six in the evening on weekdays.",
+    "Rain is expected in the north later today, with clearer skies moving in from the west by the weekend.",
+    "To make a simple tomato sauce, soften an onion in olive oil, add chopped tomatoes and let it simmer.",
+    "Please reply to this message with the order number, and we will look into it as soon as possible.",
+    "The committee met on Tuesday to review the budget and agreed to postpone the decision until March.",
+    "A good password is long, unique to one account and stored in a password manager.",
+    "The train to the airport leaves every fifteen minutes from the second platform.",
+    "She finished the report, checked the figures twice and sent it to her manager before lunch.",
+)
+
+
+def perplexity(model, tokenizer, texts: list[str], *, max_length: int = 256, batch_size: int = 8) -> float:
+    """exp of the mean negative log-likelihood per token over plain `texts` (no chat template)."""
+    import math
+
+    from engramma.updater.dataset import Example, tokenize
+
+    examples = [tokenize(Example(n, "general", None, t), tokenizer, max_length) for n, t in enumerate(texts) if t.strip()]
+    if not examples:
+        return float("nan")
+    logprobs = completion_logprobs(model, tokenizer, examples, batch_size=batch_size)
+    tokens = [e.label_tokens for e in examples]
+    mean_nll = -sum(lp * n for lp, n in zip(logprobs, tokens)) / sum(tokens)
+    return math.exp(mean_nll)
+
+
+def score_items(model, tokenizer, items: dict[int, Item], *, max_length: int) -> dict[int, tuple[bool | None, float]]:
+    """item id -> (probe answered correctly, or None without a probe; mean completion log-probability of the
+    item's training pair)."""
+    from engramma.updater.dataset import example_for, tokenize
+
+    ids = list(items)
+    examples = [tokenize(example_for(i, items[i], "eval"), tokenizer, max_length) for i in ids]
+    logprobs = completion_logprobs(model, tokenizer, examples)
+    correct = {r.item_id: r.correct for r in run_probes(model, tokenizer, items)}
+    return {i: (correct.get(i), lp) for i, lp in zip(ids, logprobs)}

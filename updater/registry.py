@@ -18,6 +18,7 @@ import duckdb
 from engramma.errors import EngrammaError
 from engramma.memory.atomic import atomic_write_bytes
 from engramma.memory.memory import naive_utc
+from engramma.memory.store import scalar
 
 ACTIVE_FILE = "active.json"
 
@@ -115,6 +116,15 @@ def active(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: str)
     return _row(store_folder, rows[0]) if rows else None
 
 
+def ancestors(con, version: str | None) -> list[str]:
+    """`version` and its parents, newest first."""
+    chain = []
+    while version is not None and version not in chain:
+        chain.append(version)
+        version = scalar(con, "SELECT parent FROM adapters WHERE version = ?", [version])
+    return chain
+
+
 def set_status(con: duckdb.DuckDBPyConnection, version: str, status: AdapterStatus, now: datetime,
                note: str | None = None) -> None:
     con.execute("UPDATE adapters SET status = ?, status_changed_at = ?, note = coalesce(?, note) WHERE version = ?",
@@ -128,14 +138,47 @@ def promote(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, no
     if adapter.status is AdapterStatus.ACTIVE:
         raise AdapterError(f"{version} is already the active adapter of {adapter.train_scope}")
     if adapter.status is AdapterStatus.REJECTED and note is None:
-        raise AdapterError(f"{version} was rejected ({adapter.note or 'by hand'}); promoting it needs a reason")
+        raise AdapterError(f"{version} was rejected ({adapter.note or 'by hand'}); promoting it needs --reason")
+    if adapter.tainted:
+        raise AdapterError(f"{version} is tainted (it saw items that were forgotten since) and cannot be promoted")
     if not (adapter.path / "adapter_config.json").is_file():
         raise AdapterError(f"{version}: its folder {adapter.path} is missing or incomplete; it cannot be promoted")
     previous = active(con, store_folder, adapter.train_scope)
     if previous is not None:
         set_status(con, previous.version, AdapterStatus.RETIRED, now)
     set_status(con, version, AdapterStatus.ACTIVE, now, note)
+    con.execute("UPDATE adapters SET replaced = ? WHERE version = ?", [previous.version if previous else None, version])
     return previous
+
+
+def reject(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, now: datetime, note: str) -> None:
+    adapter = get(con, store_folder, version)
+    if adapter.status is not AdapterStatus.CANDIDATE:
+        raise AdapterError(f"{version} is {adapter.status.value}; only a candidate can be rejected "
+                           "(roll back an active adapter instead)")
+    set_status(con, version, AdapterStatus.REJECTED, now, note)
+
+
+def rollback(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: str,
+             now: datetime) -> tuple[AdapterVersion, AdapterVersion | None]:
+    """Retire the scope's active adapter and make the one it replaced active again (going further back past
+    versions that are tainted or whose folder is gone). Returns (retired, now active, or None: the base model)."""
+    current = active(con, store_folder, train_scope)
+    if current is None:
+        raise AdapterError(f"no active adapter in {train_scope}: nothing to roll back")
+    target, seen = None, {current.version}
+    previous = scalar(con, "SELECT replaced FROM adapters WHERE version = ?", [current.version])
+    while previous is not None and previous not in seen:
+        seen.add(previous)
+        candidate = get(con, store_folder, previous)
+        if not candidate.tainted and (candidate.path / "adapter_config.json").is_file():
+            target = candidate
+            break
+        previous = scalar(con, "SELECT replaced FROM adapters WHERE version = ?", [previous])
+    set_status(con, current.version, AdapterStatus.RETIRED, now, note="rolled back")
+    if target is not None:
+        set_status(con, target.version, AdapterStatus.ACTIVE, now)
+    return current, target
 
 
 def write_active_pointer(con: duckdb.DuckDBPyConnection, store_folder: Path) -> None:

@@ -1,0 +1,258 @@
+"""Evaluation, the gate, registry transitions, unlearning, index/weights consistency, merging and the report."""
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+
+import pytest
+import tiny_lm
+
+from engramma import Item, Memory
+from engramma.memory.store import open_existing
+from engramma.policies.schema import GateSettings
+from engramma.updater import AdapterError, consolidate
+from engramma.updater import registry
+from engramma.updater.gate import continual_metrics, judge, settle_index
+from engramma.updater.merge import merge
+from engramma.updater.report import write_report
+from test_consolidate import accuracy_with, rows
+
+GATE = """
+gate:
+  min_new_accuracy: 0.8
+  max_retention_drop: 0.05
+  max_perplexity_increase: 0.5
+  on_forget: ON_FORGET
+"""
+
+
+def gated_policy(tmp_path, *, lr="3.0e-3", epochs=60, on_forget="both", evict=False, name="policy.yaml"):
+    path = tiny_lm.facts_policy(tmp_path, epochs=epochs, name=name)
+    text = path.read_text().replace("learning_rate: 3.0e-3", f"learning_rate: {lr}") + GATE.replace(
+        "ON_FORGET", on_forget)
+    if evict:
+        text = text.replace("train_scope: shared}", "train_scope: shared, after_consolidation: evict}")
+    path.write_text(text)
+    return path
+
+
+def observe(store, items, embedder, policy=None):
+    with Memory.open(store, embedder=embedder, policy=policy) as mem:
+        return {r.id: r.item for r in mem.observe_many(items)}
+
+
+def facts(start, stop):
+    return tiny_lm.colour_facts(tiny_lm.TAUGHT[start:stop], seed=0)
+
+
+def with_db(store, fn):
+    db = open_existing(store)
+    try:
+        with db.transaction() as con:
+            return fn(con)
+    finally:
+        db.close()
+
+
+# -- pure parts ---------------------------------------------------------------------------------------------
+
+
+def test_continual_metrics_from_a_small_accuracy_matrix():
+    matrix = {("v1", "v1"): 1.0, ("v2", "v1"): 0.8, ("v2", "v2"): 0.9, ("v3", "v1"): 0.6, ("v3", "v2"): 0.9,
+              ("v3", "v3"): 1.0, ("v1", "v2"): 0.2, ("v2", "v3"): 0.1}
+    got = continual_metrics(matrix, ["v1", "v2", "v3"], {"v1": 0.0, "v2": 0.1, "v3": 0.0})
+    assert got["average_accuracy"] == pytest.approx((0.6 + 0.9 + 1.0) / 3)
+    assert got["bwt"] == pytest.approx(((0.6 - 1.0) + (0.9 - 0.9)) / 2)
+    assert got["fwt"] == pytest.approx(((0.2 - 0.1) + (0.1 - 0.0)) / 2)
+    assert got["forgetting"] == pytest.approx({"v1": 0.4, "v2": 0.0}) and got["max_forgetting"] == pytest.approx(0.4)
+
+
+def test_the_gate_names_each_failing_check():
+    metrics = {"new_items": 10, "new_probed": 10, "new_accuracy": 0.5, "parent_new_accuracy": 0.1,
+               "base_new_accuracy": 0.0, "earlier_probed": 20, "retention": 0.7, "parent_retention": 0.95,
+               "perplexity": 30.0, "parent_perplexity": 20.0}
+    checks = {c.name: c for c in judge(metrics, GateSettings(max_perplexity_increase=0.1))}
+    assert {n for n, c in checks.items() if not c.passed} == {"new_accuracy", "retention_drop", "perplexity_increase"}
+    assert checks["retention_drop"].value == pytest.approx(0.25) and "70% vs the parent's 95%" in checks["retention_drop"].detail
+    assert checks["items"].passed
+    assert not [c for c in judge({**metrics, "new_accuracy": 0.9, "retention": 0.95, "perplexity": 21.0},
+                                 GateSettings(max_perplexity_increase=0.1)) if not c.passed]
+    assert [c.name for c in judge({**metrics, "new_accuracy": 0.9, "retention": 0.95, "perplexity": 21.0},
+                                  GateSettings(), tainted=True) if not c.passed] == ["untainted"]
+
+
+# -- the gate on real candidates ----------------------------------------------------------------------------
+
+
+def test_the_gate_rejects_a_candidate_that_wrecks_retention_and_promotes_a_sound_one(tmp_path, embedder, tiny):
+    sound = tmp_path / "sound"
+    policy = gated_policy(tmp_path)
+    observe(sound, facts(0, 12), embedder, policy)
+    [first] = consolidate(sound, model=tiny, progress=False)
+    assert first.gate.decision == "promoted" and first.gate.metrics["new_accuracy"] >= 0.8
+    wrecked = tmp_path / "wrecked"
+    shutil.copytree(sound, wrecked)
+
+    observe(sound, facts(12, 24), embedder)
+    [good] = consolidate(sound, model=tiny, progress=False)
+    assert good.gate.decision == "promoted", [c.detail for c in good.gate.failed]
+    assert good.gate.metrics["retention"] >= good.gate.metrics["parent_retention"] - 0.05
+    assert with_db(sound, lambda con: registry.active(con, sound, "global").version) == "v2"
+    assert rows(sound, "SELECT version, status FROM adapters ORDER BY version") == [("v1", "retired"), ("v2", "active")]
+
+    wrecking = gated_policy(tmp_path, lr="0.3", name="wrecking.yaml")
+    observe(wrecked, facts(12, 24), embedder, wrecking)
+    [bad] = consolidate(wrecked, model=tiny, progress=False)
+    assert bad.gate.decision == "rejected" and not bad.gate.passed
+    failed = {c.name for c in bad.gate.failed}
+    assert "retention_drop" in failed, [c.detail for c in bad.gate.checks]
+    (status, note, metrics), = rows(wrecked, "SELECT status, note, metrics FROM adapters WHERE version = 'v2'")
+    assert status == "rejected" and note.startswith("gate:") and "earlier rounds" in note
+    assert {c["name"] for c in json.loads(metrics)["gate"]["checks"] if not c["passed"]} == failed
+    assert with_db(wrecked, lambda con: registry.active(con, wrecked, "global").version) == "v1", "v1 stays active"
+    assert rows(wrecked, "SELECT DISTINCT status FROM queue WHERE adapter_version IS NULL") == [("pending",)], \
+        "a rejected round's items wait for the next one"
+    matrix = rows(sound, "SELECT evaluated, task, avg(CAST(correct AS INTEGER)) FROM probe_results "
+                         "WHERE task IS NOT NULL GROUP BY ALL ORDER BY ALL")
+    assert {(e, t) for e, t, _ in matrix} >= {("v1", "v1"), ("v2", "v1"), ("v2", "v2"), ("v1", "v2"), ("base", "v2")}
+    assert good.gate.metrics["bwt"] is not None and good.gate.metrics["fwt"] is not None
+
+
+def test_promote_rollback_reject_and_retire(tmp_path, embedder, tiny):
+    store = tmp_path / "store"
+    observe(store, facts(0, 6), embedder, gated_policy(tmp_path, epochs=30))
+    consolidate(store, model=tiny, progress=False, gate=False)
+    observe(store, facts(6, 12), embedder)
+    consolidate(store, model=tiny, progress=False, gate=False)  # v2: a candidate beside v1, both from the base
+    observe(store, facts(12, 18), embedder)
+    consolidate(store, model=tiny, progress=False, gate=False)
+    status = lambda: dict(rows(store, "SELECT version, status FROM adapters"))  # noqa: E731
+
+    def run(fn):
+        return with_db(store, fn)
+
+    now = datetime.now(timezone.utc)
+    run(lambda con: registry.promote(con, store, "v1", now))
+    assert status() == {"v1": "active", "v2": "candidate", "v3": "candidate"}
+    run(lambda con: registry.promote(con, store, "v2", now))
+    assert status() == {"v1": "retired", "v2": "active", "v3": "candidate"}
+    run(lambda con: registry.reject(con, store, "v3", now, "not now"))
+    with pytest.raises(AdapterError, match="needs --reason"):
+        run(lambda con: registry.promote(con, store, "v3", now))
+    with pytest.raises(AdapterError, match="only a candidate can be rejected"):
+        run(lambda con: registry.reject(con, store, "v2", now, "no"))
+    retired, active = run(lambda con: registry.rollback(con, store, "global", now))
+    assert (retired.version, active.version) == ("v2", "v1") and status()["v2"] == "retired"
+    retired, active = run(lambda con: registry.rollback(con, store, "global", now))
+    assert (retired.version, active) == ("v1", None), "v1 replaced nothing: the base model answers again"
+    assert set(status().values()) == {"retired", "rejected"}
+    shutil.rmtree(store / "adapters" / "v3")
+    with pytest.raises(AdapterError, match="missing or incomplete"):
+        run(lambda con: registry.promote(con, store, "v3", now, note="by hand"))
+    for version, path in rows(store, "SELECT version, path FROM adapters WHERE status = 'active'"):
+        assert (store / path / "adapter_config.json").is_file(), "the registry never points at a missing folder"
+
+
+def test_forget_then_retrain_leaves_no_active_adapter_with_the_item(tmp_path, embedder, tiny):
+    store = tmp_path / "store"
+    learned = observe(store, facts(0, 8), embedder, gated_policy(tmp_path, epochs=40))
+    [first] = consolidate(store, model=tiny, progress=False)
+    assert first.gate.decision == "promoted"
+    secret = next(iter(learned))
+    with Memory.open(store, embedder=embedder) as mem:
+        mem.forget(secret)
+    assert rows(store, "SELECT version, status, tainted FROM adapters") == [("v1", "retired", True)], \
+        "rolled back at once: v1 saw the item"
+    assert json.loads((store / "adapters" / "active.json").read_text()) == {}
+    assert rows(store, "SELECT train_scope, from_version FROM retrain_requests") == [("global", None)]
+
+    [rebuilt] = consolidate(store, model=tiny, progress=False)
+    assert (rebuilt.version, rebuilt.parent, rebuilt.items_new) == ("v2", None, 7)
+    assert rebuilt.gate.decision == "promoted"
+    active = rows(store, "SELECT version FROM adapters WHERE status = 'active'")
+    assert active == [("v2",)]
+    assert rows(store, "SELECT count(*) FROM lineage WHERE item_id = ? AND adapter_version = 'v2'", [secret]) == [(0,)]
+    assert rows(store, "SELECT count(*) FROM retrain_requests") == [(0,)]
+    remaining = {i: item for i, item in learned.items() if i != secret}
+    assert accuracy_with(tiny, store, "v2", remaining) >= 0.8
+    with pytest.raises(AdapterError, match="tainted"):
+        with_db(store, lambda con: registry.promote(con, store, "v1", datetime.now(timezone.utc)))
+
+
+def test_evicted_items_leave_the_index_once_learned_and_return_on_rollback(tmp_path, embedder, tiny):
+    store = tmp_path / "store"
+    learned = observe(store, facts(0, 8), embedder, gated_policy(tmp_path, epochs=60, evict=True))
+    [first] = consolidate(store, model=tiny, progress=False)
+    assert first.gate.decision == "promoted"
+    passed = {i for i, c in rows(store, "SELECT item_id, correct FROM probe_results WHERE evaluated = 'v1'") if c}
+    assert passed and passed <= set(learned)
+    out = {i for i, in rows(store, "SELECT id FROM items WHERE NOT in_index AND status = 'kept'")}
+    assert out == passed, "exactly the items whose probe passed on the promoted adapter left the index"
+    with Memory.open(store, embedder=embedder) as mem:
+        assert mem.check() == []
+        hits = mem.recall(learned[min(passed)].text, k=3)
+        assert min(passed) not in {h.id for h in hits}
+    def roll_back(con):
+        registry.rollback(con, store, "global", datetime.now(timezone.utc))
+        settle_index(con, store, "global", datetime.now(timezone.utc))
+
+    with_db(store, roll_back)
+    assert rows(store, "SELECT count(*) FROM items WHERE NOT in_index AND status = 'kept'") == [(0,)]
+    with Memory.open(store, embedder=embedder) as mem:
+        assert min(passed) in {h.id for h in mem.recall(learned[min(passed)].text, k=3)}, "back in the index"
+
+
+def test_a_merge_loads_and_is_gated_and_private_lineage_is_refused(tmp_path, embedder, tiny):
+    from peft import PeftModel
+
+    store = tmp_path / "store"
+    policy = gated_policy(tmp_path, epochs=40)
+    policy.write_text(policy.read_text().replace("train_scope: shared", "train_scope: own"))
+    observe(store, facts(0, 6), embedder, policy)
+    consolidate(store, model=tiny, progress=False, gate=False)
+    observe(store, facts(6, 12), embedder)
+    consolidate(store, model=tiny, progress=False, gate=False)
+    db = open_existing(store)
+    try:
+        version = merge(db, tiny, ["v1", "v2"], method="ties")
+        model = PeftModel.from_pretrained(tiny.model, str(store / "adapters" / version))
+        model.unload()
+        from engramma.updater.gate import gate
+        report = gate(db, tiny, version)
+        with pytest.raises(AdapterError, match="not one of"):
+            merge(db, tiny, ["v1", "v2"], method="average")
+    finally:
+        db.close()
+    assert version == "v3" and report.metrics["new_items"] == 12 and report.decision in ("promoted", "rejected")
+    assert rows(store, "SELECT count(*) FROM lineage WHERE adapter_version = 'v3' AND role = 'merged'") == [(12,)]
+    assert json.loads(rows(store, "SELECT metrics FROM adapters WHERE version = 'v3'")[0][0])["gate"]["checks"]
+    private = [Item(text=f.text, kind="fact", scope="user:alice", probe=f.probe) for f in facts(12, 16)]
+    observe(store, private, embedder)
+    consolidate(store, model=tiny, progress=False, gate=False, scope="user:alice")
+    alice = rows(store, "SELECT version FROM adapters WHERE train_scope = 'user:alice'")[0][0]
+    db = open_existing(store)
+    try:
+        with pytest.raises(AdapterError, match="keeps out of shared weights"):
+            merge(db, tiny, ["v1", alice], method="linear")
+    finally:
+        db.close()
+
+
+def test_the_report_holds_its_figures(tmp_path, embedder, tiny):
+    store = tmp_path / "store"
+    observe(store, facts(0, 8), embedder, gated_policy(tmp_path, epochs=40))
+    consolidate(store, model=tiny, progress=False)
+    observe(store, facts(8, 16), embedder)
+    consolidate(store, model=tiny, progress=False)
+    db = open_existing(store)
+    try:
+        page = write_report(db, tmp_path / "report")
+    finally:
+        db.close()
+    text = page.read_text()
+    for figure in ("accuracy_matrix.png", "retention.png", "bwt.png", "routing.png", "lineage.png", "gate.png"):
+        data = (tmp_path / "report" / figure).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, figure
+        assert f'src="{figure}"' in text
+    assert "<td>v2</td>" in text and "Accuracy matrix across rounds" in text

@@ -1,0 +1,334 @@
+"""No adapter reaches an agent unmeasured: evaluate a candidate against its parent and the base model, judge it
+with the policy's gate, then promote or reject it and record why either way.
+
+Measured on three sets:
+- new items (plasticity): the round's own items, by probe (greedy answer contains the expected one) and by
+  the log-likelihood of their training completion;
+- earlier items (retention): every earlier round of the scope's chain, a stratified sample up to
+  `gate.retention_cap`, always including items evicted from the index (their only home is the weights);
+- general text (general ability): perplexity on text the project writes, held-out indexed items never trained
+  on, and the user's own file when the policy names one.
+
+Every probe result is stored (`probe_results`), so the accuracy matrix across rounds is a query, and from it
+average accuracy, backward transfer (BWT), forward transfer against the base model (FWT) and forgetting.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engramma.errors import EngrammaError
+from engramma.memory.memory import ITEM_COLUMNS, append_events, item_from_row, naive_utc, store_policy
+from engramma.memory.store import Store, scalar
+from engramma.memory.types import Item
+from engramma.policies.schema import GateSettings
+from engramma.updater import registry
+from engramma.updater.evaluate import GENERAL_TEXT, perplexity, score_items
+from engramma.updater.model import LanguageModel
+from engramma.updater.registry import AdapterStatus, AdapterVersion
+
+MAX_ATTEMPTS = 3  # a rejected round's items are queued again until they have been trained this many times
+
+
+class GateError(EngrammaError):
+    """The gate could not evaluate a candidate (a missing file it was told to read, an unknown version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class GateReport:
+    version: str
+    passed: bool
+    decision: str  # promoted | rejected | candidate (the policy promotes by hand)
+    checks: tuple[Check, ...]
+    metrics: dict
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+# -- pure: the verdict and the continual-learning metrics ----------------------------------------------
+
+
+def judge(metrics: dict, settings: GateSettings, *, tainted: bool = False) -> tuple[Check, ...]:
+    """The gate's checks on measured `metrics` (see `evaluate`)."""
+    checks = [Check("items", metrics["new_items"], settings.min_items, metrics["new_items"] >= settings.min_items,
+                    f"{metrics['new_items']} new item(s), at least {settings.min_items} needed")]
+    if metrics["new_probed"]:
+        acc = metrics["new_accuracy"]
+        checks.append(Check("new_accuracy", acc, settings.min_new_accuracy, acc >= settings.min_new_accuracy,
+                            f"answers {acc:.0%} of the {metrics['new_probed']} new probes "
+                            f"(parent {metrics['parent_new_accuracy']:.0%}, base {metrics['base_new_accuracy']:.0%})"))
+    elif metrics["new_items"]:  # no probes: the new completions must at least have become likelier
+        gain = metrics["new_logprob"] - metrics["parent_new_logprob"]
+        checks.append(Check("new_likelihood", gain, 0.0, gain > 0,
+                            f"mean log-probability of the new completions rose by {gain:.3f} over the parent"))
+    if metrics["earlier_probed"]:
+        drop = metrics["parent_retention"] - metrics["retention"]
+        checks.append(Check("retention_drop", drop, settings.max_retention_drop, drop <= settings.max_retention_drop,
+                            f"earlier rounds: {metrics['retention']:.0%} vs the parent's "
+                            f"{metrics['parent_retention']:.0%} on {metrics['earlier_probed']} probes"))
+    rise = metrics["perplexity"] / metrics["parent_perplexity"] - 1
+    checks.append(Check("perplexity_increase", rise, settings.max_perplexity_increase,
+                        rise <= settings.max_perplexity_increase,
+                        f"general text perplexity {metrics['perplexity']:.2f} vs the parent's "
+                        f"{metrics['parent_perplexity']:.2f} ({rise:+.1%})"))
+    if tainted:
+        checks.append(Check("untainted", 1.0, 0.0, False, "trained on items that were forgotten since"))
+    return tuple(checks)
+
+
+def continual_metrics(matrix: dict[tuple[str, str], float], chain: list[str], base: dict[str, float]) -> dict:
+    """From R[evaluated][task] (accuracy on the items a round learned), over `chain` (oldest round first, the
+    candidate last): average accuracy, backward transfer, forward transfer against the base model, and the
+    largest drop of each earlier round."""
+    last = chain[-1]
+    seen = [t for t in chain if (last, t) in matrix]
+    earlier = [t for t in chain[:-1] if (last, t) in matrix and (t, t) in matrix]
+    forward = [(prev, t) for prev, t in zip(chain, chain[1:]) if (prev, t) in matrix and t in base]
+    forgetting = {}
+    for n, task in enumerate(chain[:-1]):
+        later = [matrix[(e, task)] for e in chain[n:-1] if (e, task) in matrix]
+        if later and (last, task) in matrix:
+            forgetting[task] = max(later) - matrix[(last, task)]
+
+    def mean(values):
+        values = list(values)
+        return sum(values) / len(values) if values else None
+
+    return {"average_accuracy": mean(matrix[(last, t)] for t in seen),
+            "bwt": mean(matrix[(last, t)] - matrix[(t, t)] for t in earlier),
+            "fwt": mean(matrix[(prev, t)] - base[t] for prev, t in forward),
+            "forgetting": forgetting, "max_forgetting": max(forgetting.values()) if forgetting else None}
+
+
+# -- evaluation: load the adapters, probe, store ---------------------------------------------------------
+
+
+class Models:
+    """One base model with the candidate's, the parent's and the shared adapters loaded beside each other;
+    `use(which)` switches between candidate, parent and base without copying weights."""
+
+    def __init__(self, lm: LanguageModel, candidate: AdapterVersion, parent: AdapterVersion | None,
+                 stacked: AdapterVersion | None):
+        from peft import PeftModel
+
+        self.lm = lm
+        self.model = PeftModel.from_pretrained(lm.model, str(candidate.path), adapter_name="candidate")
+        self.stacks = {"candidate": ["candidate"], "parent": []}
+        if stacked is not None:
+            self.model.load_adapter(str(stacked.path), adapter_name="shared")
+            self.stacks = {name: ["shared", *names] for name, names in self.stacks.items()}
+        if parent is not None:
+            self.model.load_adapter(str(parent.path), adapter_name="parent")
+            self.stacks["parent"] = self.stacks["parent"] + ["parent"]
+        self.model.eval()
+
+    @contextlib.contextmanager
+    def use(self, which: str):
+        names = self.stacks.get(which, [])
+        if not names:  # the base model (or a parent that is the base model)
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        self.model.base_model.set_adapter(names if len(names) > 1 else names[0])
+        yield self.model
+
+    def close(self) -> None:
+        self.model.unload()
+
+
+def _sample_by_round(rows: list[tuple[int, str]], cap: int, seed: int) -> list[tuple[int, str]]:
+    """At most `cap` of (item id, round), the same share from every round."""
+    by_round: dict[str, list[int]] = {}
+    for item_id, task in rows:
+        by_round.setdefault(task, []).append(item_id)
+    rng = random.Random(seed)
+    out, rounds = [], sorted(by_round)
+    for n, task in enumerate(rounds):
+        share = (cap - len(out)) // (len(rounds) - n)
+        ids = sorted(by_round[task])
+        out += [(i, task) for i in (ids if len(ids) <= share else sorted(rng.sample(ids, share)))]
+    return out
+
+
+def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettings, *, max_length: int,
+             seed: int = 0) -> dict:
+    """Measure `version` against its parent and the base model; store every probe result; return the metrics."""
+    folder = store.folder
+    with store.transaction() as con:
+        candidate = registry.get(con, folder, version)
+        parent = registry.get(con, folder, candidate.parent) if candidate.parent else None
+        stacked_on = candidate.config.get("stacked_on")
+        stacked = registry.get(con, folder, stacked_on) if stacked_on else None
+        chain = list(reversed(registry.ancestors(con, version)))  # oldest first, the candidate last
+        first_new = dict(con.execute(  # item -> the earliest round of the chain that learned it as new
+            "SELECT l.item_id, min(CAST(substr(l.adapter_version, 2) AS INTEGER)) FROM lineage l JOIN items i "
+            "ON i.id = l.item_id WHERE l.role = 'new' AND l.adapter_version IN (SELECT unnest(?)) "
+            "AND i.status = 'kept' GROUP BY ALL", [chain]).fetchall())
+        task_of = {item_id: f"v{n}" for item_id, n in first_new.items()}
+        new_ids = [i for i, t in task_of.items() if t == version]
+        new_ids += [r[0] for r in con.execute(  # a merged adapter learned its items under other versions
+            "SELECT item_id FROM lineage l JOIN items i ON i.id = l.item_id WHERE l.adapter_version = ? "
+            "AND l.role = 'merged' AND i.status = 'kept'", [version]).fetchall() if r[0] not in task_of]
+        for item_id in new_ids:
+            task_of.setdefault(item_id, version)
+        earlier_rows = [(i, t) for i, t in task_of.items() if t != version]
+        evicted = {r[0] for r in con.execute(
+            "SELECT id FROM items WHERE status = 'kept' AND NOT in_index AND after_consolidation = 'evict' "
+            "AND route = 'both' AND id IN (SELECT unnest(?))", [[i for i, _ in earlier_rows] or [-1]]).fetchall()}
+        sampled = _sample_by_round([r for r in earlier_rows if r[0] not in evicted], settings.retention_cap, seed)
+        earlier_ids = sorted(evicted) + [i for i, _ in sampled]
+        items = _items(con, new_ids + earlier_ids)
+        heldout = [r[0] for r in con.execute(
+            "SELECT text FROM items WHERE status = 'kept' AND route = 'index' AND scope = ? AND text IS NOT NULL "
+            "AND id NOT IN (SELECT item_id FROM lineage) ORDER BY hash(content_hash) LIMIT ?",
+            [candidate.train_scope, settings.heldout_items]).fetchall()]
+    general = list(GENERAL_TEXT) + heldout
+    if settings.general_text:
+        path = Path(settings.general_text).expanduser()
+        try:
+            general += [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        except OSError as e:
+            raise GateError(f"gate.general_text: cannot read {path} ({e})") from None
+
+    models = Models(lm, candidate, parent, stacked)
+    try:
+        scored: dict[str, dict[int, tuple[bool | None, float]]] = {}
+        ppl: dict[str, float] = {}
+        for which, ids in (("candidate", new_ids + earlier_ids), ("parent", new_ids + earlier_ids), ("base", new_ids)):
+            with models.use(which) as model:
+                scored[which] = score_items(model, lm.tokenizer, {i: items[i] for i in ids if i in items},
+                                            max_length=max_length)
+                ppl[which] = perplexity(model, lm.tokenizer, general)
+    finally:
+        models.close()
+
+    now = datetime.now(timezone.utc)
+    evaluated_as = {"candidate": version, "parent": parent.version if parent else None, "base": "base"}
+    with store.transaction() as con:
+        for which, results in scored.items():
+            name = evaluated_as[which]
+            if name is None or not results:
+                continue
+            ids = list(results)
+            con.execute("DELETE FROM probe_results WHERE evaluated = ? AND item_id IN (SELECT unnest(?))", [name, ids])
+            con.execute("INSERT INTO probe_results SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), ?",
+                        [name, ids, [task_of.get(i) for i in ids], [results[i][0] for i in ids],
+                         [results[i][1] for i in ids], naive_utc(now)])
+        matrix = {(e, t): acc for e, t, acc in con.execute(
+            "SELECT evaluated, task, avg(CAST(correct AS INTEGER)) FROM probe_results WHERE correct IS NOT NULL "
+            "AND evaluated IN (SELECT unnest($chain)) AND task IN (SELECT unnest($chain)) GROUP BY ALL",
+            {"chain": chain}).fetchall()}
+        base = dict(con.execute(
+            "SELECT task, avg(CAST(correct AS INTEGER)) FROM probe_results WHERE evaluated = 'base' "
+            "AND correct IS NOT NULL AND task IN (SELECT unnest(?)) GROUP BY ALL", [chain]).fetchall())
+
+    def accuracy(which: str, ids: list[int]) -> float | None:
+        marks = [scored[which][i][0] for i in ids if i in scored[which] and scored[which][i][0] is not None]
+        return sum(marks) / len(marks) if marks else None
+
+    def logprob(which: str, ids: list[int]) -> float | None:
+        values = [scored[which][i][1] for i in ids if i in scored[which]]
+        return sum(values) / len(values) if values else None
+
+    probed_new = [i for i in new_ids if i in scored["candidate"] and scored["candidate"][i][0] is not None]
+    probed_earlier = [i for i in earlier_ids if i in scored["candidate"] and scored["candidate"][i][0] is not None]
+    return {
+        "evaluated_at": now.isoformat(), "chain": chain,
+        "new_items": len(new_ids), "new_probed": len(probed_new),
+        "new_accuracy": accuracy("candidate", new_ids), "parent_new_accuracy": accuracy("parent", new_ids),
+        "base_new_accuracy": accuracy("base", new_ids),
+        "new_logprob": logprob("candidate", new_ids), "parent_new_logprob": logprob("parent", new_ids),
+        "earlier_probed": len(probed_earlier), "evicted_checked": len(evicted),
+        "retention": accuracy("candidate", earlier_ids), "parent_retention": accuracy("parent", earlier_ids),
+        "perplexity": ppl["candidate"], "parent_perplexity": ppl["parent"], "base_perplexity": ppl["base"],
+        "general_texts": len(general),
+        "matrix": {f"{e}|{t}": a for (e, t), a in sorted(matrix.items())},
+        **continual_metrics(matrix, chain, base),
+    }
+
+
+def _items(con, ids: list[int]) -> dict[int, Item]:
+    if not ids:
+        return {}
+    rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN (SELECT unnest(?))", [ids]).fetchall()
+    return dict(item_from_row(r) for r in rows)
+
+
+# -- the verdict applied ------------------------------------------------------------------------------------
+
+
+def gate(store: Store, lm: LanguageModel, version: str) -> GateReport:
+    """Evaluate `version`, judge it with the store's policy, then promote it (or leave it for a person, when the
+    policy says so) or reject it. The checks and every measurement are kept in the registry either way."""
+    with store.transaction() as con:
+        policy = store_policy(con).current()
+        candidate = registry.get(con, store.folder, version)
+    if candidate.status is not AdapterStatus.CANDIDATE:
+        raise GateError(f"{version} is {candidate.status.value}, not a candidate; only candidates are gated")
+    settings = policy.spec.gate
+    metrics = evaluate(store, lm, version, settings, max_length=policy.spec.model.max_length,
+                       seed=policy.spec.consolidation.training.seed)
+    now = datetime.now(timezone.utc)
+    with store.transaction() as con:
+        tainted = bool(scalar(con, "SELECT tainted FROM adapters WHERE version = ?", [version]))
+        checks = judge(metrics, settings, tainted=tainted)
+        passed = all(c.passed for c in checks)
+        record = {**metrics, "gate": {"passed": passed, "policy": policy.content_hash,
+                                      "checks": [asdict(c) for c in checks]}}
+        con.execute("UPDATE adapters SET metrics = ? WHERE version = ?", [json.dumps(record), version])
+        if not passed:
+            failing = "; ".join(c.detail for c in checks if not c.passed)
+            registry.set_status(con, version, AdapterStatus.REJECTED, now, note=f"gate: {failing}")
+            requeue_rejected(con, version)
+            decision = "rejected"
+        elif settings.promote == "auto":
+            registry.promote(con, store.folder, version, now, note="gate: passed")
+            settle_index(con, store.folder, candidate.train_scope, now)
+            registry.write_active_pointer(con, store.folder)
+            decision = "promoted"
+        else:
+            decision = "candidate"
+    return GateReport(version, passed, decision, checks, record)
+
+
+def requeue_rejected(con, version: str) -> int:
+    """A rejected round's items go back to the queue (until they have been tried MAX_ATTEMPTS times)."""
+    con.execute("UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
+                "WHERE adapter_version = ? AND status = 'done' AND attempts < ?", [version, MAX_ATTEMPTS])
+    con.execute("UPDATE queue SET status = 'failed' WHERE adapter_version = ? AND status = 'done'", [version])
+    return scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending' AND item_id IN "
+                       "(SELECT item_id FROM lineage WHERE adapter_version = ? AND role = 'new')", [version])
+
+
+def settle_index(con, store_folder: Path, train_scope: str, now: datetime) -> tuple[list[int], list[int]]:
+    """Make the index agree with the weights for the scope's `after_consolidation: evict` items: out of the
+    index exactly when the active adapter answers their probe. Returns (evicted, restored) ids."""
+    active = registry.active(con, store_folder, train_scope)
+    rows = con.execute(
+        "SELECT i.id, i.in_index, p.correct FROM items i JOIN queue q ON q.item_id = i.id "
+        "LEFT JOIN probe_results p ON p.item_id = i.id AND p.evaluated = ? "
+        "WHERE i.status = 'kept' AND i.route = 'both' AND i.after_consolidation = 'evict' AND q.train_scope = ? "
+        "AND (i.valid_to IS NULL OR i.valid_to > ?)",
+        [active.version if active else "", train_scope, naive_utc(now)]).fetchall()
+    evict = [i for i, in_index, correct in rows if in_index and correct is True]
+    restore = [i for i, in_index, correct in rows if not in_index and correct is not True]
+    for ids, in_index, op in ((evict, False, "evict"), (restore, True, "restore")):
+        if ids:
+            con.execute("UPDATE items SET in_index = ? WHERE id IN (SELECT unnest(?))", [in_index, ids])
+            append_events(con, store_folder, op, ids, now)
+    return evict, restore
