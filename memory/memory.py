@@ -383,7 +383,9 @@ class Memory:
             "observed_at": [naive_utc(now)] * n,
             "valid_to": [naive_utc(t) if t is not None else None for t in routed.valid_to],
             "in_index": [d.route.indexed for d in decisions],
-            "vector": unless_dropped(list(vectors)),
+            "vector": pa.FixedSizeListArray.from_arrays(  # straight from the numpy buffer, null where dropped
+                pa.array(np.ascontiguousarray(vectors, np.float32).ravel()), vectors.shape[1],
+                mask=pa.array([not k for k in kept])),
             "route": [d.route.value for d in decisions],
             "rule": [d.rule for d in decisions],
             "reasons": [json.dumps(list(d.reasons)) for d in decisions],

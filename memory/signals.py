@@ -23,7 +23,7 @@ from engramma.memory.view import IndexView
 from engramma.policies.decision import Route, Signals
 from engramma.policies.schema import SignalSettings
 
-NEIGHBOURS = 32  # nearest indexed items looked at per new item
+NEIGHBOURS = 16  # nearest indexed items looked at per new item (repeats beyond are counted by hash)
 BLOCK = 512  # batch rows whose similarities are computed at once: bounds memory for a very large batch
 TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -100,7 +100,9 @@ class BatchSignals:
         best = -1.0  # closest current item: novelty
         repeat, repeat_id = -1.0, None  # closest current item that is not an earlier value of this key
         recurrence = 1
-        for other_id, score in self.neighbours[j]:
+        for other_id, score in self.neighbours[j]:  # best first
+            if score < settings.recurrence_threshold and repeat_id is not None:
+                break  # nothing further down can count as a recurrence or be a closer current item
             other = self.view.items[other_id]
             if score >= settings.recurrence_threshold and window_start <= other.ts <= item.ts:
                 recurrence += 1 + self.repeats.get(other_id, 0)

@@ -95,7 +95,8 @@ class IndexView:
 
     def search_many(self, queries: np.ndarray, scopes: list[list[str]], k: int) -> list[list[tuple[int, float]]]:
         """For each query row, top-k (id, cosine) over the union of its scopes; one FAISS call per scope."""
-        found: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
+        found: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+        searched = [0] * len(queries)  # how many scopes' results each row holds
         rows_of: dict[str, list[int]] = {}
         for row, row_scopes in enumerate(scopes):
             for scope in row_scopes:
@@ -105,9 +106,11 @@ class IndexView:
             if index is None:
                 continue
             scores, ids = index.search(queries[rows], k)
-            for r, row in enumerate(rows):
-                found[row].extend((float(s), int(i)) for s, i in zip(scores[r], ids[r]) if i >= 0)
-        return [[(i, s) for s, i in sorted(row, key=lambda pair: -pair[0])[:k]] for row in found]
+            for row, row_scores, row_ids in zip(rows, scores.tolist(), ids.tolist()):
+                found[row].extend((i, s) for i, s in zip(row_ids, row_scores) if i >= 0)
+                searched[row] += 1
+        # One scope's results are already best first; several are merged.
+        return [row if n < 2 else sorted(row, key=lambda pair: -pair[1])[:k] for row, n in zip(found, searched)]
 
     def index_ids(self) -> set[int]:
         return {int(i) for index in self.indexes.values() for i in index.ids()}
