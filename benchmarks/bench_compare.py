@@ -50,7 +50,9 @@ class Engramma:
         from engramma.memory import Item, Memory
 
         self.Item = Item
-        self.mem = Memory.open(folder)
+        policy = folder / "keep-all.yaml"  # store every text, as the other systems do (no dedup, no drops)
+        policy.write_text("version: 1\nname: keep-all\ndefault: index\n")
+        self.mem = Memory.open(folder / "store", policy=policy)
         self.mem.embedder.embed(["warm up"])
 
     def add(self, texts):
