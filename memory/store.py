@@ -7,6 +7,7 @@ Both are released by the kernel when a process dies, so a crash never leaves a s
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
@@ -14,6 +15,7 @@ import random
 import select
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -249,6 +251,16 @@ def _drain(fd: int) -> None:
         pass
 
 
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    """A store left open at exit is closed cleanly (DuckDB otherwise reports leaked objects as the process ends)."""
+    for store in list(_OPEN):
+        store.close()
+
+
 class Store:
     """Transactions on the store's DuckDB file, shared fairly with other processes."""
 
@@ -266,6 +278,7 @@ class Store:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._closed = False
+        _OPEN.add(self)
 
     # -- the lock dance ---------------------------------------------------------------------------------
 

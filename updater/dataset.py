@@ -102,12 +102,13 @@ class TokenizedExample:
         return sum(label != IGNORE for label in self.labels)
 
 
-def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a user turn followed by the assistant's cue, as generation sees them."""
+def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of a user turn (after a system message, if given) followed by the assistant's cue, as
+    generation sees them. Training uses no system message: the chat template's default, if it has one."""
     if getattr(tokenizer, "chat_template", None):
-        return _ids(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                  tokenize=True))
-    return tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    return tokenizer((system + "\n\n" if system else "") + prompt + "\n", add_special_tokens=False)["input_ids"]
 
 
 def _ids(encoded) -> list[int]:

@@ -29,7 +29,8 @@ def probe_of(item: Item) -> tuple[str, str] | None:
     return None
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+def generate(model, tokenizer, prompts: list[str], *, system: str | None = None, max_new_tokens: int = 32,
+             batch_size: int = 16) -> list[str]:
     """Greedy answers to user prompts (chat template when the tokenizer has one), batched with left padding."""
     import torch
 
@@ -40,7 +41,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, 
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
-            encoded = [chat_prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
+            encoded = [chat_prompt_ids(tokenizer, p, system) for p in prompts[start:start + batch_size]]
             width = max(len(e) for e in encoded)
             ids = torch.full((len(encoded), width), pad, dtype=torch.long)
             mask = torch.zeros((len(encoded), width), dtype=torch.long)

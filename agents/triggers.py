@@ -1,0 +1,113 @@
+"""When to consolidate, without ever stalling the agent: a trigger starts `engramma consolidate` in its own
+process once enough items are queued or the agent has been idle long enough, and stops a run that outlives
+its wall-clock budget (its items return to the queue when their lease runs out).
+
+The third trigger needs no code: cron or a systemd timer running `engramma consolidate STORE` (README).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engramma.memory.store import open_existing, scalar
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    reason: str
+    returncode: int | None  # None: still running
+    results: list[dict]  # what `engramma consolidate --json` reported
+    stopped_over_budget: bool = False
+
+
+class ConsolidationTrigger:
+    def __init__(self, store: str | os.PathLike, *, after_items: int | None = 32, idle_seconds: float | None = None,
+                 budget_minutes: float = 10.0, max_items: int = 256, model: str | None = None,
+                 lease_seconds: float = 120.0, extra_args: tuple[str, ...] = ()):
+        """`after_items`: start once this many items are queued (None: never on count). `idle_seconds`: start
+        when the agent reports being idle this long and anything is queued (None: never on idleness).
+        `budget_minutes` and `max_items` bound each run."""
+        self.store = Path(store)
+        self.after_items, self.idle_seconds = after_items, idle_seconds
+        self.budget_s, self.max_items, self.model = budget_minutes * 60, max_items, model
+        self.lease_seconds, self.extra_args = lease_seconds, tuple(extra_args)
+        self._process: subprocess.Popen | None = None
+        self._started = 0.0
+        self._reason = ""
+        self.last: Run | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def queued(self) -> int:
+        store = open_existing(self.store)
+        try:
+            with store.transaction() as con:
+                return scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending'")
+        finally:
+            store.close()
+
+    def poll(self, *, idle_for: float = 0.0) -> str | None:
+        """Call from the agent loop. Finishes or stops a run in progress; otherwise starts one if a condition
+        holds, returning why (None when nothing started). Never blocks for long: one short read of the store."""
+        if self._process is not None:
+            self._collect()
+            if self._process is not None:
+                return None
+        queued = self.queued()
+        reason = None
+        if self.after_items is not None and queued >= self.after_items:
+            reason = f"{queued} items queued (trigger: {self.after_items})"
+        elif self.idle_seconds is not None and queued and idle_for >= self.idle_seconds:
+            reason = f"idle for {idle_for:.0f} s with {queued} items queued"
+        if reason is not None:
+            self.start(reason)
+        return reason
+
+    def start(self, reason: str = "asked") -> None:
+        if self.running:
+            raise RuntimeError("a consolidation run is already in progress")
+        command = [sys.executable, "-m", "engramma.cli", "consolidate", str(self.store), "--json",
+                   "--max-items", str(self.max_items), "--lease", str(self.lease_seconds), *self.extra_args]
+        if self.model:
+            command += ["--model", self.model]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+        self._started, self._reason = time.monotonic(), reason
+
+    def wait(self, timeout: float | None = None) -> Run | None:
+        """Block until the run in progress ends (or `timeout`, or its budget, passes); returns it."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.budget_s + 30)
+        while self._process is not None and time.monotonic() < deadline:
+            self._collect()
+            time.sleep(0.05)
+        return self.last
+
+    def _collect(self) -> None:
+        process = self._process
+        over = time.monotonic() - self._started > self.budget_s
+        if process.poll() is None and not over:
+            return
+        if process.poll() is None:  # over budget: stop it; its claimed items return when the lease ends
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        out, err = process.communicate()
+        try:
+            results = json.loads(out) if out.strip() else []
+        except ValueError:
+            results = []
+        self.last = Run(self._reason, process.returncode, results, stopped_over_budget=over)
+        if process.returncode not in (0, None) and not over:
+            self.last = Run(self._reason, process.returncode, [{"error": err.strip().splitlines()[-1:] or [""]}])
+        self._process = None
