@@ -44,6 +44,48 @@ CORRECTIONS = [
     "Answer in two short paragraphs at most.",
 ]
 
+SIGN_OFF = "Kind regards, the Kettle team."
+# Behaviour the team lead keeps correcting, by the day it is first taught: (question, the right answer, the phrase
+# a right answer must contain). Each becomes a demonstration (the question answered the house way, signed off)
+# with a probe, so consolidation can learn it and the gate can check it was learned.
+BEHAVIOUR = {
+    0: [("How do I reset my Kettle Pro?", "Hold the power button for five seconds until the light blinks blue.",
+         "blinks blue"),
+        ("Can the kettle lid go in the dishwasher?", "Yes, the lid is dishwasher safe, but the base is not.",
+         "dishwasher safe"),
+        ("What does the red light on my kettle mean?", "A red light means the kettle is empty: add water.",
+         "kettle is empty")],
+    1: [("How do I descale my kettle?", "Boil half water and half white vinegar, then rinse it twice.",
+         "white vinegar"),
+        ("Which power cable does the Kettle Pro use?", "The Kettle Pro uses a standard C13 power cable.", "C13"),
+        ("Why does my kettle switch off too early?", "Limescale covers the sensor: descale the kettle.",
+         "limescale")],
+    2: [("Can I order spare filters?", "Yes, spare filters come in packs of three for 9 euros.", "packs of three"),
+        ("Is the Kettle Pro cordless?", "Yes, it lifts off a 360-degree base.", "360-degree"),
+        ("How loud is the Kettle Pro?", "It runs at about 45 decibels, quieter than a conversation.",
+         "45 decibels")],
+    3: [("How much water does the Kettle Pro hold?", "It holds 1.7 litres, about seven cups.", "1.7 litres"),
+        ("Does the kettle keep water warm?", "Yes, keep-warm mode holds the temperature for 30 minutes.",
+         "30 minutes"),
+        ("How do I register my warranty?", "Register online at kettle.example/warranty with your order number.",
+         "kettle.example/warranty")],
+    4: [("Can I use the kettle abroad?", "Only on 220-240 volt mains: it has no voltage converter.",
+         "220-240 volt"),
+        ("How often should I clean the filter?", "Rinse the filter under warm water once a week.", "once a week")],
+}
+
+
+def behaviour_items(day: int, at: datetime, rng: random.Random) -> list[Item]:
+    """The team lead's corrections of one day, each repeated once to three times (repeats are recurrences)."""
+    items = []
+    for question, answer, phrase in BEHAVIOUR.get(day, []):
+        for _ in range(rng.randint(1, 3)):
+            items.append(Item(text=f"When asked \"{question}\", answer: {answer}", kind="correction",
+                              scope="global", source="admin", prompt=question, response=f"{answer} {SIGN_OFF}",
+                              probe={"question": question, "answer": phrase},
+                              ts=at + timedelta(minutes=rng.randint(0, 480))))
+    return items
+
 CHATTER = [
     "Customer said thanks and closed the chat.",
     "Customer asked whether we are a real company.",
