@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(PY) examples/fast_memory_demo.py $(DEMO_ARGS)
+	$(PY) examples/support_agent_demo.py $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -m "not slow" -q
@@ -34,6 +34,8 @@ bench: install
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_policy.py
+	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_compare.py
 
 clean:

@@ -80,7 +80,7 @@ def pct(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=5, help="simulated days (default 5)")
-    parser.add_argument("--quick", action="store_true", help="two days, fewer epochs: the CI form (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="two days: the CI form (under 3 minutes)")
     parser.add_argument("--store", type=Path, help="store folder (default: a fresh temporary one)")
     parser.add_argument("--report", type=Path, help="folder for the HTML report (default: next to the store)")
     parser.add_argument("--model", default=None, help="base model (default: the policy's, SmolLM2-135M-Instruct)")
@@ -89,11 +89,6 @@ def main() -> None:
     folder = args.store or Path(tempfile.mkdtemp(prefix="engramma-demo-")) / "store"
     report_dir = args.report or folder.parent / "report"
     policy = HERE / "support_policy.yaml"
-    if args.quick:  # the same story with fewer epochs: CI has three minutes
-        quick = folder.parent / "support_policy_quick.yaml"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        quick.write_text(policy.read_text().replace("epochs: 10", "epochs: 6"))
-        policy = quick
 
     console.rule("[bold]engramma: a support agent's week")
     started = time.perf_counter()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hashlib
 import os
 import random
 import select
+import tempfile
 import threading
 import time
 import weakref
@@ -227,6 +229,14 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 
+def _wakeup_path(folder: Path) -> Path:
+    """The store's wake-up FIFO lives in the temp folder, named by the store's real path, not in the store: a
+    named pipe there would break copies of the store (shutil.copytree refuses one). Processes that see another
+    temp folder only lose the wake-up: the holder then hands over at its next transaction or after `linger`."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"engramma-{digest}.wakeup"
+
+
 def _open_fifo(path: Path) -> int:
     """The store's wake-up FIFO, opened read-write and non-blocking (so opening never waits for a peer)."""
     try:
@@ -274,7 +284,7 @@ class Store:
         self._mutex = threading.RLock()
         self._write_fd = os.open(self.folder / ".write.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._wait_fd = os.open(self.folder / ".waiting.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        self._wake_fd = _open_fifo(self.folder / ".wakeup")
+        self._wake_fd = _open_fifo(_wakeup_path(self.folder))
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._closed = False

@@ -113,6 +113,15 @@ def test_the_gate_rejects_a_candidate_that_wrecks_retention_and_promotes_a_sound
     assert with_db(wrecked, lambda con: registry.active(con, wrecked, "global").version) == "v1", "v1 stays active"
     assert rows(wrecked, "SELECT DISTINCT status FROM queue WHERE adapter_version IS NULL") == [("pending",)], \
         "a rejected round's items wait for the next one"
+    # The rejected round's items are learned at the next consolidation, and replay goes on working after it.
+    with Memory.open(wrecked, embedder=embedder, policy=gated_policy(tmp_path, name="sound-again.yaml")):
+        pass
+    [retried] = consolidate(wrecked, model=tiny, progress=False)
+    assert (retried.version, retried.items_new, retried.gate.decision) == ("v3", 12, "promoted")
+    observe(wrecked, facts(24, 30), embedder)
+    [later] = consolidate(wrecked, model=tiny, progress=False)
+    assert later.items_replayed == 6 and later.parent == "v3"
+
     matrix = rows(sound, "SELECT evaluated, task, avg(CAST(correct AS INTEGER)) FROM probe_results "
                          "WHERE task IS NOT NULL GROUP BY ALL ORDER BY ALL")
     assert {(e, t) for e, t, _ in matrix} >= {("v1", "v1"), ("v2", "v1"), ("v2", "v2"), ("v1", "v2"), ("base", "v2")}

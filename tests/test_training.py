@@ -125,6 +125,9 @@ def test_the_reservoir_stays_bounded_and_uniform(tmp_path, embedder):
             assert len(kept) == len(set(kept)) == 100
             counts[kept] += 1
         assert con.execute("SELECT seen FROM reservoir_seen").fetchall() == [(2000,)]
+        update_reservoir(con, "global", kept[:10], size=100, seed=0)  # items trained again (a rejected round)
+        again = [r[0] for r in con.execute("SELECT item_id FROM reservoir").fetchall()]
+        assert sorted(again) == sorted(kept), "an item holds one slot at most"
     early, late = counts[:1000].sum(), counts[1000:].sum()
     assert 0.8 < early / late < 1.25, "old and new items are equally likely to be kept"
 

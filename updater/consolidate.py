@@ -85,13 +85,15 @@ def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed
     """Reservoir sampling (algorithm R) over every item ever consolidated in the scope, seeded per position."""
     seen = scalar(con, "SELECT seen FROM reservoir_seen WHERE train_scope = ?", [train_scope]) or 0
     slots = dict(con.execute("SELECT slot, item_id FROM reservoir WHERE train_scope = ?", [train_scope]).fetchall())
+    held = set(slots.values())
     for item_id in item_ids:
-        if seen < size:
-            slots[seen] = item_id
-        else:
-            j = int(np.random.default_rng([seed, seen]).integers(seen + 1))
-            if j < size:
-                slots[j] = item_id
+        if item_id in held:  # trained again (its first round was rejected): one slot is enough
+            continue
+        slot = seen if seen < size else int(np.random.default_rng([seed, seen]).integers(seen + 1))
+        if slot < size:
+            held.discard(slots.get(slot))
+            slots[slot] = item_id
+            held.add(item_id)
         seen += 1
     con.execute("DELETE FROM reservoir WHERE train_scope = ?", [train_scope])
     if slots:
