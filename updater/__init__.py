@@ -1,4 +1,9 @@
 """Consolidation: the update queue becomes LoRA adapter versions, with replay, leases, lineage and hot swap."""
+import warnings
+
+# transformers 5 deprecates a call peft makes on every adapter load; it is not ours to fix, only noise to users.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 from engramma.updater.consolidate import ConsolidationResult, consolidate
 from engramma.updater.hotswap import ActiveAdapters
 from engramma.updater.model import DEFAULT_MODEL, LanguageModel, ModelNotFound, load_model
