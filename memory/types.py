@@ -1,11 +1,12 @@
 """Value types that cross module boundaries: `Item` in, `Record` and `Hit` out."""
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +38,15 @@ def check_scope(scope: object, field_name: str = "scope") -> str:
     return scope
 
 
+def _check_encodable(name: str, value: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (from a broken decode upstream) cannot be stored or embedded."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidItem(f"{name}: not valid Unicode text (character {e.start} is a lone surrogate "
+                          f"{value[e.start]!r}); decode the input as UTF-8 before observing it") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """A question with its expected answer, used to check that an adapter learned an item."""
@@ -63,6 +73,7 @@ class Item:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
             raise InvalidItem("text: must be a non-empty string")
+        _check_encodable("text", self.text)
         try:
             kind = Kind(self.kind)
         except ValueError:
@@ -73,6 +84,8 @@ class Item:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise InvalidItem(f"{name}: must be a non-empty string or None, got {value!r}")
+            if value is not None:
+                _check_encodable(name, value)
         if (self.prompt is None) != (self.response is None):
             raise InvalidItem("prompt/response: a demonstration needs both a prompt and a response")
         probe = self.probe
@@ -87,6 +100,9 @@ class Item:
             and all(isinstance(s, str) and s.strip() for s in (probe.question, probe.answer))
         ):
             raise InvalidItem("probe: needs a non-empty question and a non-empty answer")
+        if probe is not None:
+            _check_encodable("probe.question", probe.question)
+            _check_encodable("probe.answer", probe.answer)
         if not isinstance(self.meta, dict):
             raise InvalidItem(f"meta: must be a JSON object (a dict), got {type(self.meta).__name__}")
         try:
@@ -113,7 +129,12 @@ class Item:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     def with_ts(self, ts: datetime) -> Item:
-        return replace(self, ts=ts)
+        """A copy stamped with an aware `ts`; the other fields were validated when this item was made."""
+        if not isinstance(ts, datetime) or ts.tzinfo is None:
+            raise InvalidItem(f"ts: must be a timezone-aware datetime, got {ts!r}")
+        stamped = copy.copy(self)
+        object.__setattr__(stamped, "ts", ts)
+        return stamped
 
     @classmethod
     def from_dict(cls, data: object) -> Item:
