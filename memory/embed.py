@@ -55,8 +55,9 @@ class SentenceEmbedder:
                 try:
                     self._model = SentenceTransformer(path, device=self.device)
                 except (OSError, ValueError) as e:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise StoreError(
-                        f"embedder {self.name!r} could not be loaded offline ({e}); name a local "
+                        f"embedder {self.name!r} could not be loaded offline ({reason}); name a local "
                         f"sentence-transformers folder, or use the default {DEFAULT_EMBEDDER!r}"
                     ) from None
         return self._model

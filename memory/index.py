@@ -146,6 +146,9 @@ class IVFIndex:
         quantizer = faiss.IndexFlatIP(vectors.shape[1])
         index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = 1234  # k-means is seeded so that a rebuild gives the same index
+        # Train on at most 64 points a cluster (FAISS's default is 256): retraining at 640k vectors then takes
+        # a sample of 205k, a few times faster, and 39+ points a cluster are still enough for k-means.
+        index.cp.max_points_per_centroid = 64
         index.train(vectors)
         index.own_fields = True
         quantizer.this.disown()
@@ -226,13 +229,21 @@ class AutoIndex:
     def __len__(self) -> int:
         return len(self.inner)
 
+    def _training_size(self) -> int:
+        """The size at which this index is next trained: into IVF, or into an IVF with more clusters."""
+        return self.ivf_threshold if self.inner.kind == "flat" else RETRAIN_GROWTH * self.trained_size
+
     def add(self, ids, vectors) -> None:
-        self.inner.add(ids, vectors)
-        n = len(self.inner)
-        if (self.inner.kind == "flat" and n >= self.ivf_threshold) or (
-            self.inner.kind == "ivf" and n >= RETRAIN_GROWTH * self.trained_size
-        ):
-            self._retrain()
+        ids, vectors = _as_ids(ids), _as_vectors(vectors, self.dim)
+        start = 0
+        while start < len(ids):
+            # Fill up to the next training size, train, go on: the index trains on exactly the vectors it
+            # would have had if they had come one at a time, so a rebuild from the store gives the same index.
+            stop = min(len(ids), start + max(1, self._training_size() - len(self.inner)))
+            self.inner.add(ids[start:stop], vectors[start:stop])
+            start = stop
+            if len(self.inner) >= self._training_size():
+                self._retrain()
 
     def _retrain(self) -> None:
         ids, vectors = self.inner.contents()

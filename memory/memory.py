@@ -4,7 +4,8 @@ Layout of a store folder:
     engramma.duckdb      the truth: items (with their decisions), events, queue, adapters, lineage
     index/checkpoint.bin the FAISS view at some event seq (a cache: deleting it costs a rebuild)
     adapters/            LoRA adapter versions (filled by consolidation)
-    .head                the newest event seq any process wrote, so readers notice others' writes cheaply
+    .head                the newest event seq any process wrote and a random token, so readers notice others'
+                         writes cheaply (the token tells a new write from one a crash left unfinished at that seq)
 """
 from __future__ import annotations
 
@@ -72,12 +73,21 @@ def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, l
     return LivePolicy(stored or DEFAULT_POLICY, last_good=last_good)
 
 
-def write_head(folder: Path, seq: int) -> None:
+def _head_bytes(seq: int) -> bytes:
+    # INVARIANT: every write moves the head to a value never seen before. A process killed after writing the
+    # head but before its commit leaves a head ahead of the truth; the next writer reaches the same seq, and
+    # without the token its write would look like nothing new to readers that had already seen the stale head.
+    return struct.pack("<q", seq) + os.urandom(8)
+
+
+def write_head(folder: Path, seq: int) -> bytes:
     """Record the newest event seq in the store's head file: open Memory objects compare it with what they have
     seen, and replay the event log when it moved."""
     fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.pwrite(fd, struct.pack("<q", seq), 0)
+        head = _head_bytes(seq)
+        os.pwrite(fd, head, 0)
+        return head
     finally:
         os.close(fd)
 
@@ -113,7 +123,7 @@ class Memory:
         self.live_policy = policy
         self.view = IndexView(0, embedder.name, ivf_threshold=config.ivf_threshold)
         self._head_fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
-        self._seen_head = -1
+        self._seen_head = b""  # the head file's contents when this view last caught up
         self._checkpoint_seq = 0
         self._next_id = 1  # ids are assigned under the write lock, after syncing with other writers
         self._unindexed_kept = 0  # kept items outside the index (train-only): duplicates are found by hash
@@ -148,8 +158,9 @@ class Memory:
                                    "LIMIT 1", [stored_policy]) if stored_policy else None
             live = _live_policy(policy, stored_policy, last_good)
             if isinstance(embedder, str) or embedder is None:
-                name = embedder or stored_embedder or DEFAULT_EMBEDDER
-                embedder = SentenceEmbedder(name)
+                # A model folder is kept as an absolute path: the store must open from any working directory.
+                given = str(Path(embedder).resolve()) if embedder and Path(embedder).exists() else embedder
+                embedder = SentenceEmbedder(given or stored_embedder or DEFAULT_EMBEDDER)
             if stored_embedder is not None and embedder.name != stored_embedder:
                 raise StoreError(
                     f"{folder}: built with embedder {stored_embedder!r}, not {embedder.name!r}; open it without "
@@ -185,14 +196,15 @@ class Memory:
 
     # -- the view -----------------------------------------------------------------------------------------
 
-    def _read_head(self) -> int:
+    def _read_head(self) -> bytes:
         if self._closed:  # the fd number may already belong to another file
             raise StoreError(f"{self.folder}: the store is closed")
-        data = os.pread(self._head_fd, 8, 0)
-        return struct.unpack("<q", data)[0] if len(data) == 8 else 0
+        return os.pread(self._head_fd, 16, 0)
 
-    def _write_head(self, seq: int) -> None:
-        os.pwrite(self._head_fd, struct.pack("<q", seq), 0)
+    def _write_head(self, seq: int) -> bytes:
+        head = _head_bytes(seq)
+        os.pwrite(self._head_fd, head, 0)
+        return head
 
     def _load_view(self, con) -> None:
         """Load every indexed item, take vectors from the checkpoint, reconcile what changed since."""
@@ -219,7 +231,7 @@ class Memory:
         self._seen_head = head
 
     def _read_indexed_items(self, con) -> None:
-        rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index").fetchall()
+        rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index ORDER BY id").fetchall()
         self.view.items = dict(item_from_row(r[:12]) for r in rows)
         self.view.valid_to = {int(r[0]): r[12].replace(tzinfo=timezone.utc) for r in rows if r[12] is not None}
 
@@ -234,8 +246,10 @@ class Memory:
 
     def _index_from_db(self, con, ids: list[int]) -> None:
         """Read the stored vectors of `ids` and index them (chunked: at 1M items they are 1.5 GB)."""
+        ids = sorted(ids)
         for start in range(0, len(ids), 50_000):
-            table = con.sql("SELECT id, scope, vector FROM items WHERE id IN (SELECT unnest($ids))",
+            # In id order, as they were first added: an index that turns IVF trains on the same vectors.
+            table = con.sql("SELECT id, scope, vector FROM items WHERE id IN (SELECT unnest($ids)) ORDER BY id",
                             params={"ids": ids[start:start + 50_000]}).to_arrow_table()
             vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32)
             self.view.index_vectors(table.column("id").to_pylist(), table.column("scope").to_pylist(),
@@ -256,7 +270,7 @@ class Memory:
                     self.view.valid_to.pop(int(r[0]), None)
                 else:
                     self.view.valid_to[int(r[0])] = r[12].replace(tzinfo=timezone.utc)
-            new = [i for i in present if i not in self.view.items]
+            new = sorted(i for i in present if i not in self.view.items)
             self.view.items.update((i, present[i]) for i in new)
             self._index_from_db(con, new)
             self.view.seq = db_seq
@@ -282,6 +296,14 @@ class Memory:
 
     # -- writing ------------------------------------------------------------------------------------------
 
+    def check_item(self, item: Item) -> None:
+        """Raise `InvalidItem` if this store would refuse `item` (beyond what `Item` checks itself: its size)."""
+        if len(item.text) > self.config.max_text_chars:
+            raise InvalidItem(
+                f"text: {len(item.text)} characters is over the limit of {self.config.max_text_chars} "
+                "(MemoryConfig.max_text_chars); split it into several items"
+            )
+
     def observe(self, item: Item) -> Record:
         """Remember one item; the policy decides where it goes. Returns once it is durable."""
         return self.observe_many([item])[0]
@@ -292,11 +314,7 @@ class Memory:
         for n, item in enumerate(items):
             if not isinstance(item, Item):
                 raise InvalidItem(f"items[{n}]: expected an engramma Item, got {type(item).__name__}")
-            if len(item.text) > self.config.max_text_chars:
-                raise InvalidItem(
-                    f"text: {len(item.text)} characters is over the limit of {self.config.max_text_chars} "
-                    "(MemoryConfig.max_text_chars); split it into several items"
-                )
+            self.check_item(item)
         if not items:
             return []
         now = datetime.now(timezone.utc)
@@ -331,10 +349,10 @@ class Memory:
                 self._insert_events(con, list(range(seq + 1, seq + 1 + len(old))), "supersede", old,
                                     [None] * len(old), now)
                 seq += len(old)
-            self._write_head(seq)  # before commit: a reader that sees it waits for our lock, then syncs
+            head = self._write_head(seq)  # before commit: a reader that sees it waits for our lock, then syncs
         self._next_id += len(items)
         self._unindexed_kept += sum(d.route is Route.TRAIN for d in decisions)
-        self._seen_head = self.view.seq = seq
+        self._seen_head, self.view.seq = head, seq
         indexed = [n for n, d in enumerate(decisions) if d.route.indexed]
         if indexed:
             self.view.add([ids[n] for n in indexed], [items[n] for n in indexed], vectors[indexed])
@@ -433,7 +451,7 @@ class Memory:
             con.execute("DELETE FROM queue WHERE item_id IN (SELECT unnest(?)) AND status = 'pending'", [ids])
             seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
             self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
-            self._write_head(seqs[-1])
+            head = self._write_head(seqs[-1])
             # Forgetting reaches the weights: adapters that saw the items are tainted, then rolled back or
             # queued for a rebuild, as the policy says. Its own events (items returning to the index when an
             # adapter is rolled back) come after ours and move the head on; the next read replays them.
@@ -441,7 +459,7 @@ class Memory:
 
             unlearn(con, self.folder, ids, self.policy.spec.gate.on_forget, now)
             self._read_counters(con)
-        self._seen_head = self.view.seq = seqs[-1]
+        self._seen_head, self.view.seq = head, seqs[-1]
         self.view.remove(ids)
         self._maybe_checkpoint()
         return len(ids)

