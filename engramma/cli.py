@@ -35,6 +35,35 @@ def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def _read_lines(file: Path):
+    """The raw lines of a file the user named, with one clean error if it cannot be read."""
+    if not file.is_file():
+        raise InvalidInput(f"{file}: no such file")
+    try:
+        with file.open("rb") as f:
+            yield from f
+    except OSError as e:
+        raise InvalidInput(f"{file}: cannot read ({e.strerror})") from None
+
+
+def _jsonl(file: Path):
+    """(line number, parsed JSON or None for a blank line, error or None) for each line of a JSONL file. Lines
+    are decoded one by one, so that a line of broken UTF-8 is reported by number like any other bad line."""
+    for line_no, raw in enumerate(_read_lines(file), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield line_no, None, f"not valid UTF-8 (byte {e.start + 1} of the line)"
+            continue
+        if not line.strip():
+            yield line_no, None, None
+            continue
+        try:
+            yield line_no, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield line_no, None, f"not valid JSON ({e.msg} at column {e.colno})"
+
+
 def _hit_dict(hit) -> dict:
     return {"id": hit.id, "score": round(hit.score, 4), **hit.item.to_dict()}
 
@@ -94,16 +123,20 @@ def ingest(
 
     from engramma.memory import Item
 
-    if not file.is_file():
-        raise InvalidInput(f"{file}: no such file")
-    total = sum(1 for _ in file.open("rb"))
+    total = sum(1 for _ in _read_lines(file))
     routes: dict[str, int] = {}
     bad: list[tuple[int, str]] = []
     batch: list[Item] = []
 
     with _open(store, must_exist=False) as mem:
-        def flush() -> None:
-            for record in mem.observe_many(batch):
+        def flush(last_line: int) -> None:
+            try:
+                records = mem.observe_many(batch)
+            except EngrammaError as e:
+                done = sum(routes.values())
+                raise type(e)(f"{e} (stopped at {file}:{last_line}; the {done} items before this batch of "
+                              f"{len(batch)} are stored)") from None
+            for record in records:
                 routes[record.route] = routes.get(record.route, 0) + 1
             progress.advance(task, len(batch))
             batch.clear()
@@ -112,23 +145,23 @@ def ingest(
         with Progress(*columns, transient=True, disable=as_json or not sys.stderr.isatty(),
                       console=_stderr_console()) as progress:
             task = progress.add_task("ingest", total=total)
-            with file.open(encoding="utf-8") as lines:
-                for line_no, line in enumerate(lines, start=1):
-                    if not line.strip():
-                        progress.advance(task)
-                        continue
+            line_no = 0
+            for line_no, data, error in _jsonl(file):
+                if error is None and data is not None:
                     try:
-                        batch.append(Item.from_dict(json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        bad.append((line_no, f"not valid JSON ({e.msg} at column {e.colno})"))
-                        progress.advance(task)
+                        item = Item.from_dict(data)
+                        mem.check_item(item)
+                        batch.append(item)
                     except InvalidItem as e:
-                        bad.append((line_no, str(e)))
-                        progress.advance(task)
-                    if len(batch) >= BATCH:
-                        flush()
+                        error = str(e)
+                if error is not None:
+                    bad.append((line_no, error))
+                if error is not None or data is None:
+                    progress.advance(task)
+                if len(batch) >= BATCH:
+                    flush(line_no)
             if batch:
-                flush()
+                flush(line_no)
 
     if as_json:
         _print_json({"ingested": sum(routes.values()), "routes": routes,
@@ -289,19 +322,16 @@ def policy_test(
     from engramma.policies import load_policy
 
     load_policy(policy)
-    if not file.is_file():
-        raise InvalidInput(f"{file}: no such file")
     expected: list[tuple[int, str | None]] = []
     items: list[Item] = []
-    for line_no, line in enumerate(file.open(encoding="utf-8"), start=1):
-        if not line.strip():
+    for line_no, data, error in _jsonl(file):
+        if error is not None:
+            raise InvalidInput(f"{file}:{line_no}: {error}")
+        if data is None:
             continue
         try:
-            data = json.loads(line)
             want = data.pop("expected_route", None) if isinstance(data, dict) else None
             items.append(Item.from_dict(data))
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"{file}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
         except InvalidItem as e:
             raise InvalidInput(f"{file}:{line_no}: {e}") from None
         if want is not None and want not in ("index", "train", "both", "drop"):
@@ -600,15 +630,36 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+def _fail(message: str, code: int) -> None:
+    """One line on stderr, whatever the message: several problems (a policy file's) are joined by '; '."""
+    one_line = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    typer.echo(f"engramma: error: {one_line}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
+    """Run the CLI. Every user mistake, of the library's or of the command line's, is one line on stderr."""
+    import errno
+
+    from typer._click import exceptions as click  # typer 0.2x carries its own click
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as e:  # `engramma policy` alone: show what it offers
+        typer.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        sys.exit(0)
+    except click.UsageError as e:  # unknown command or option, a bad option value
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        _fail(e.format_message() + hint, 2)
     except EngrammaError as e:
-        typer.echo(f"engramma: error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("engramma: interrupted", err=True)
-        sys.exit(130)
+        _fail(str(e), 1)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    except OSError as e:
+        if e.errno == errno.EPIPE:  # `engramma recall ... | head`: the reader left, nothing to report
+            sys.exit(1)
+        _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

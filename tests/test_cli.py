@@ -21,9 +21,10 @@ def engramma(*args, input=None):
 def assert_clean_error(result, *fragments):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("engramma: error: "), result.stderr
     for fragment in fragments:
-        assert fragment in line, line
+        assert fragment in lines[0], lines[0]
 
 
 def test_the_commands_the_issue_names_exist():
@@ -93,6 +94,12 @@ def test_store_lifecycle(tmp_path):
     (["observe", "{store}", "--text", "x", "--scope", "user:"], "scope: 'user:' is not a scope"),
     (["forget", "{store}"], "give an item id or --scope"),
     (["ingest", "{store}", "{missing}"], "no such file"),
+    (["recall", "{store}", "anything", "-k", "0"], "Invalid value for '-k'"),
+    (["forget", "{store}", "abc"], "Invalid value for 'item_id'"),
+    (["recal", "{store}", "anything"], "No such command 'recal'"),
+    (["recall", "--scope", "user:bob"], "Missing argument 'store'"),
+    (["init", "/proc/no-store-can-live-here"], "/proc/no-store-can-live-here"),
+    (["init", "{store}", "--embedder", "nobody/no-such-model"], "could not be loaded offline"),
 ])
 def test_user_mistakes_are_one_line(tmp_path, args, fragment):
     store, missing = tmp_path / "store", tmp_path / "nothing-here"
@@ -132,3 +139,41 @@ def test_policy_commands(tmp_path):
     stats = engramma("stats", store)  # the store still opens, on the last good version of its policy
     assert stats.returncode == 0 and f"policy: {policy}" in stats.stdout
     assert "the policy file is broken, its last good version is in force" in stats.stderr
+
+
+def test_ingest_reports_each_bad_line_and_keeps_every_good_one(tmp_path):
+    """Lines that parse but cannot be stored (too long, broken Unicode) are bad lines like any other: the
+    good lines of the same batch still go in."""
+    store, data = tmp_path / "store", tmp_path / "items.jsonl"
+    good = [json.dumps({"text": f"Good item {n}: the {c} van leaves at {n} pm."}).encode()
+            for n, c in enumerate(["red", "blue", "green"])]
+    data.write_bytes(b"\n".join([
+        good[0],
+        json.dumps({"text": "x" * 40_000}).encode(),                 # over MemoryConfig.max_text_chars
+        b'{"text": "caf\xe9 latte"}',                               # Latin-1, not UTF-8
+        good[1],
+        b'{"text": "half a character \\ud800 here"}',                # JSON that decodes to a lone surrogate
+        good[2],
+    ]) + b"\n")
+    out = engramma("ingest", store, data, "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ingested"] == 3
+    errors = {entry["line"]: entry["error"] for entry in report["bad_lines"]}
+    assert sorted(errors) == [2, 3, 5]
+    assert "40000 characters is over the limit" in errors[2]
+    assert errors[3].startswith("not valid UTF-8")
+    assert errors[5].startswith("text: not valid Unicode text")
+    texts = {hit["text"] for hit in json.loads(engramma("recall", store, "when does the van leave", "-k", "5",
+                                                         "--json").stdout)}
+    assert texts == {json.loads(line)["text"] for line in good}
+
+
+def test_the_installed_console_script_runs():
+    """`engramma` as pip installs it ([project.scripts]), not only `python -m engramma.cli`."""
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "engramma"
+    assert script.is_file(), "the console script is missing: is the package installed?"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0 and "recall" in result.stdout and "consolidate" in result.stdout

@@ -120,6 +120,9 @@ def test_an_ingester_and_a_forgetter_at_once_finish_with_exact_counts(spawn, sto
         ids = [r[0] for r in con.execute("SELECT id FROM items ORDER BY id").fetchall()]
     assert kept == ingested, "every confirmed item is stored under the id it was given"
     assert ids == list(range(1, INGEST_ITEMS + BOB_ITEMS + CAROL_ITEMS + 1)), "ids are unique and dense"
+    # The two really took turns: the forgetter's writes fell between the ingester's, not before or after all.
+    first, last = min(mine["bob"]), max(mine["carol"])
+    assert any(first < i < last for i in ingested), "the children did not overlap"
 
 
 # Writes 4 batches with its store open, waiting after each until the parent has looked ("ack-N").
@@ -202,3 +205,33 @@ def test_a_store_held_too_long_raises_store_busy_and_loses_nothing(spawn, store_
         assert (stats.items, stats.forgotten) == (3, 0) and memory.check() == []
     finally:
         memory.close()
+
+
+def test_the_cli_forgets_while_an_agent_holds_the_store_open(store_path, embedder, keep_everything):
+    """`engramma forget` and `engramma stats` in their own processes, while this process keeps its Memory
+    open and goes on recalling and writing: both succeed and each sees the other's changes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "engramma.cli", *map(str, args)], capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    with Memory.open(store_path, embedder=embedder, policy=keep_everything) as memory:
+        memory.observe_many([Item(f"Bob's locker {n} holds his {t} kit.", scope="user:bob")
+                             for n, t in enumerate(["tennis", "climbing", "diving"])])
+        memory.observe_many([Item("Alice parks in bay 14.", scope="user:alice")])
+        assert memory.recall("locker kit", k=3, scope="user:bob")
+        forgot = cli("forget", store_path, "--scope", "user:bob")
+        assert forgot.returncode == 0 and forgot.stdout.strip() == "forgot 3 items", forgot.stderr
+        assert "lock" not in forgot.stderr.lower()
+        assert memory.recall("locker kit", k=3, scope="user:bob") == [], "the agent sees the forget at once"
+        memory.observe(Item("Alice's badge number is 5521.", scope="user:alice"))
+        stats = cli("stats", store_path, "--json")
+        assert stats.returncode == 0, stats.stderr
+        counts = json.loads(stats.stdout)
+        assert counts["by_scope"] == {"user:alice": 2} and counts["forgotten"] == 3
+        assert memory.check() == []
