@@ -1,6 +1,7 @@
 """Load a policy file: YAML -> `PolicyFile` -> compiled `Policy`. Errors name the file, line, key path and fix."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -24,16 +25,29 @@ class PolicyError(EngrammaError, ValueError):
     """A policy file that cannot be used; the message says where and how to fix it."""
 
 
+def _is_inline(origin: str) -> bool:
+    """An origin in angle brackets (`<policy>`, `<policy HASH>`) names no file: the policy was given as text."""
+    return origin.startswith("<")
+
+
 class LivePolicy:
     """A policy a long-running process keeps in force: re-read when its file changes (a stat per call);
-    a broken edit is refused, logged and kept in `error`, and the previous policy stays in force."""
+    a broken edit is refused, logged and kept in `error`, and the previous policy stays in force.
+
+    An inline origin has no file to re-read: its policy is `last_good`, the text the store kept."""
 
     def __init__(self, origin: str, policy: Policy | None = None, *, last_good: str | None = None):
         """`last_good`: the YAML this origin had when it last decided; used if the file is broken now."""
         self.origin = origin
         self.error: str | None = None
         self._signature = self._stat()
-        if policy is None:
+        if policy is None and _is_inline(origin):
+            if last_good is None:
+                raise PolicyError(f"{origin}: this store's policy was given as a loaded Policy, and its text was "
+                                  "never kept because nothing was observed under it; open the store with policy= "
+                                  "a file, a preset or that Policy again")
+            policy = parse_policy(last_good, origin)
+        elif policy is None:
             try:
                 policy = load_policy(origin)
             except PolicyError as e:
@@ -46,10 +60,23 @@ class LivePolicy:
 
     @classmethod
     def fixed(cls, policy: Policy) -> LivePolicy:
-        return cls(f"preset:{policy.name}" if policy.origin.startswith("preset:") else policy.origin, policy)
+        """A loaded `Policy`. Its origin is what a store records and reopens, so it must name where the policy
+        can be found again: a preset, the absolute path of the file it was read from (then edits are followed),
+        or else `<policy HASH>`, which a store resolves to the text it kept (`parse_policy(text)` names no file;
+        its label, such as `README.md`, may name an unrelated one)."""
+        if policy.origin.startswith("preset:"):
+            return cls(f"preset:{policy.name}", policy)
+        path = Path(policy.origin)
+        try:
+            from_file = not _is_inline(policy.origin) and path.is_file() and hashlib.sha256(
+                path.read_text(encoding="utf-8").encode()).hexdigest()[:16] == policy.content_hash
+        except (OSError, UnicodeDecodeError):
+            from_file = False
+        origin = str(path.resolve()) if from_file else f"<policy {policy.content_hash}>"
+        return cls(origin, dataclasses.replace(policy, origin=origin))
 
     def _stat(self) -> tuple[int, int] | None:
-        if self.origin.startswith("preset:"):
+        if self.origin.startswith("preset:") or _is_inline(self.origin):
             return None
         try:
             st = os.stat(self.origin)
@@ -89,14 +116,55 @@ def load_policy(source: str | Path) -> Policy:
     return parse_policy(text, str(path))
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, loc: tuple[str | int, ...], key: yaml.Node, first: yaml.Node):
+        super().__init__(f"{_key_path(loc)} is given twice")
+        self.loc, self.line, self.first_line = loc, key.start_mark.line + 1, first.start_mark.line + 1
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping, where PyYAML silently keeps the last value
+    (`default: index` then `default: drop` would route everything to drop)."""
+
+    def compose_document(self) -> yaml.Node:
+        root = super().compose_document()
+        _refuse_duplicate_keys(root, (), set())
+        return root
+
+
+def _refuse_duplicate_keys(node: yaml.Node, loc: tuple[str | int, ...], seen: set[int]) -> None:
+    if id(node) in seen:  # an alias (`*name`) repeats a node already checked, and may even contain itself
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if (key.tag, key.value) in first:
+                raise _DuplicateKey((*loc, key.value), key, first[key.tag, key.value])
+            first[key.tag, key.value] = key
+            _refuse_duplicate_keys(value, (*loc, key.value), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for n, value in enumerate(node.value):
+            _refuse_duplicate_keys(value, (*loc, n), seen)
+
+
 def parse_policy(text: str, origin: str = "<policy>") -> Policy:
+    """A policy from YAML text; `origin` names it in error messages (a file path, `preset:NAME`, a label)."""
+    loader = _StrictLoader(text)
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except _DuplicateKey as e:
+        raise PolicyError(f"{origin}:{e.line}: {_key_path(e.loc)}: given twice (first on line {e.first_line}); "
+                          "keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
         raise PolicyError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise PolicyError(f"{origin}:1: a policy is a YAML mapping with version, name, rules and default")
     try:
@@ -124,7 +192,7 @@ def _describe(err: dict, root, origin: str) -> str:
     loc = err["loc"]
     node = _node_at(root, loc)
     line = node.start_mark.line + 1 if node is not None else 1
-    path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+    path = _key_path(loc)
     given = err.get("input")
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -140,6 +208,11 @@ def _describe(err: dict, root, origin: str) -> str:
         if given is not None and not isinstance(given, (dict, list)) and repr(given) not in message:
             message += f" (got {given!r})"
     return f"{origin}:{line}: {path or '(top level)'}: {message}"
+
+
+def _key_path(loc) -> str:
+    """('rules', 2, 'when', 'kind') -> 'rules[2].when.kind'."""
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
 
 
 def _node_at(root, loc):

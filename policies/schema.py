@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from engramma.memory.pii import PII_KINDS
 from engramma.memory.types import Kind
@@ -36,6 +36,42 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _trust(value: float) -> float:
+    if not 0 <= value <= 1:  # NaN fails too
+        raise ValueError(f"trust is a number from 0 to 1, not {value:g}")
+    return value
+
+
+Trust = Annotated[float, AfterValidator(_trust)]
+
+
+def _pii_none(value: object) -> object:
+    """`pii_none: false` reads like a condition but would hold for every item; refuse it rather than ignore it."""
+    if value is None or value is True or isinstance(value, list):
+        return value
+    raise ValueError(f"{value!r} is not accepted; write true (no PII at all) or a list of PII kinds: "
+                     f"{', '.join(PiiKind.__args__)}")
+
+
+def _meta_value(value: object) -> object:
+    """`meta: {team: [a, b]}` reads like "any of"; a meta condition is one value the item's meta[key] equals."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    what = {list: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__} (quote it)")
+    raise ValueError(f"{what} is not accepted; meta[key] equals one value: a string, a number, true, false or null")
+
+
+MetaValue = Annotated[str | int | float | bool | None, BeforeValidator(_meta_value)]
+
+
+def _check_bounds(bound: Range | DurationRange, fmt: str = "{:g}") -> None:
+    if bound.gte is None and bound.lte is None:
+        raise ValueError("give gte, lte or both")
+    if bound.gte is not None and bound.lte is not None and bound.gte > bound.lte:
+        raise ValueError(f"gte {fmt.format(bound.gte)} is above lte {fmt.format(bound.lte)}, so no value can "
+                         "match; gte must be at most lte")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,8 +84,7 @@ class Range(Strict):
 
     @model_validator(mode="after")
     def _some_bound(self) -> Range:
-        if self.gte is None and self.lte is None:
-            raise ValueError("give gte, lte or both")
+        _check_bounds(self)
         return self
 
 
@@ -59,8 +94,7 @@ class DurationRange(Strict):
 
     @model_validator(mode="after")
     def _some_bound(self) -> DurationRange:
-        if self.gte is None and self.lte is None:
-            raise ValueError("give gte, lte or both")
+        _check_bounds(self, "{:.0f}s")
         return self
 
 
@@ -71,7 +105,8 @@ class When(Strict):
     source: list[str] | None = None
     scope: list[str] | None = Field(None, description="glob patterns such as 'user:*' or 'global'")
     pii_any: list[PiiKind] | None = None
-    pii_none: bool | list[PiiKind] | None = None  # true: no PII at all; a list: none of those kinds
+    # true: no PII at all; a list: none of those kinds
+    pii_none: Annotated[Literal[True] | list[PiiKind] | None, BeforeValidator(_pii_none)] = None
     novelty: Range | None = None
     recurrence: Range | None = None
     volatility: Range | None = None
@@ -82,7 +117,7 @@ class When(Strict):
     duplicate: bool | None = None
     has_probe: bool | None = None
     has_key: bool | None = None
-    meta: dict[str, str | int | float | bool | None] | None = None  # meta[key] equals value
+    meta: dict[str, MetaValue] | None = None  # meta[key] equals value
 
     @model_validator(mode="before")
     @classmethod
@@ -107,8 +142,8 @@ class SignalSettings(Strict):
     recurrence_threshold: float = Field(0.85, ge=0, le=1)  # cosine at or above which it counts as a recurrence
     recurrence_window: Duration = 30 * 86400
     volatility_window: Duration = 90 * 86400
-    source_trust: dict[str, float] = Field(default_factory=dict)  # source -> trust in [0, 1]
-    default_trust: float = Field(0.5, ge=0, le=1)
+    source_trust: dict[str, Trust] = Field(default_factory=dict)  # source -> trust
+    default_trust: Trust = 0.5
 
 
 class ModelSettings(Strict):
