@@ -54,12 +54,20 @@ def item_from_row(row: tuple) -> tuple[int, Item]:
     return int(item_id), item
 
 
+def _last_good(con, origin: str | None) -> str | None:
+    """The newest text a store kept for a policy origin: what stands in for a broken file, or is the policy
+    itself for one given as text (`<policy HASH>`, found by its hash)."""
+    if origin is None:
+        return None
+    if origin.startswith("<policy ") and origin.endswith(">"):
+        return scalar(con, "SELECT text FROM policies WHERE content_hash = ?", [origin[len("<policy "):-1]])
+    return scalar(con, "SELECT text FROM policies WHERE origin = ? ORDER BY first_used_at DESC LIMIT 1", [origin])
+
+
 def store_policy(con) -> LivePolicy:
     """The policy a store was given (its last good version if the file is broken now; the default if none)."""
     stored = scalar(con, "SELECT value FROM meta WHERE key = 'policy'")
-    last_good = scalar(con, "SELECT text FROM policies WHERE origin = ? ORDER BY first_used_at DESC LIMIT 1",
-                       [stored]) if stored else None
-    return _live_policy(None, stored, last_good)
+    return _live_policy(None, stored, _last_good(con, stored))
 
 
 def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, last_good: str | None) -> LivePolicy:
@@ -154,8 +162,7 @@ class Memory:
                 exists = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
                 stored_embedder = scalar(con, "SELECT value FROM meta WHERE key = 'embedder'") if exists else None
                 stored_policy = scalar(con, "SELECT value FROM meta WHERE key = 'policy'") if exists else None
-                last_good = scalar(con, "SELECT text FROM policies WHERE origin = ? ORDER BY first_used_at DESC "
-                                   "LIMIT 1", [stored_policy]) if stored_policy else None
+                last_good = _last_good(con, stored_policy) if exists else None
             live = _live_policy(policy, stored_policy, last_good)
             if isinstance(embedder, str) or embedder is None:
                 # A model folder is kept as an absolute path: the store must open from any working directory.
@@ -170,8 +177,12 @@ class Memory:
             memory = cls(folder, store, embedder, config, live)
             with store.transaction() as con:
                 meta = store.ensure_schema(con, dim=dim, embedder=embedder.name)
+                # Kept at once, not at its first decision: a policy given as text must be there to reopen by.
+                memory._record_policy(con, live.current(), datetime.now(timezone.utc))
                 if live.origin != meta.get("policy"):
                     con.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)", [live.origin])
+                    if meta.get("policy") is not None:  # a new policy for a used store: other processes follow it
+                        write_head(folder, scalar(con, "SELECT coalesce(max(seq), 0) FROM events"))
                 memory.view = IndexView(int(meta["dim"]), embedder.name, ivf_threshold=config.ivf_threshold)
                 memory._items_schema = items_schema(int(meta["dim"]))
                 memory._load_view(con)
@@ -275,6 +286,9 @@ class Memory:
             self._index_from_db(con, new)
             self.view.seq = db_seq
             self._read_counters(con)
+        stored = scalar(con, "SELECT value FROM meta WHERE key = 'policy'")
+        if stored is not None and stored != self.live_policy.origin:  # `engramma policy set` from elsewhere
+            self.live_policy = _live_policy(None, stored, _last_good(con, stored))
         self._seen_head = head
 
     def _sync_if_stale(self, con=None) -> None:
@@ -319,11 +333,11 @@ class Memory:
             return []
         now = datetime.now(timezone.utc)
         items = [item if item.ts is not None else item.with_ts(now) for item in items]
-        policy = self.live_policy.current()
         vectors = self.embedder.embed([item.text for item in items])  # outside the lock: the slow part
 
         with self.store.transaction() as con:
             self._sync_if_stale(con)
+            policy = self.live_policy.current()  # after syncing: another process may have set a new one
             ids = list(range(self._next_id, self._next_id + len(items)))
             routed = route_batch(con, items, vectors, ids, view=self.view, scopes_of=self.visible_scopes,
                                  policy=policy, now=now, naive=naive_utc, unindexed_kept=self._unindexed_kept)

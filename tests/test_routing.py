@@ -174,6 +174,31 @@ def test_the_store_remembers_its_policy(open_store, tmp_path):
     assert again.policy.name == "index-only"
 
 
+def test_a_running_memory_follows_policy_set_from_another_process(open_store, tmp_path):
+    """`engramma policy set` while an agent holds the store open: the agent's next observation uses it."""
+    mem = open_store("preset:index-only")
+    assert mem.observe(Item(text="Always greet customers by name.", kind="correction", source="admin")).route == "index"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "engramma.cli", "policy", "set", mem.folder, "preset:default"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    record = mem.observe(Item(text="Never promise a delivery date.", kind="correction", source="admin"))
+    assert (record.route, record.rule) == ("both", "trusted-corrections-and-preferences")
+    assert mem.stats().policy == "preset:default"
+
+
+def test_a_policy_given_as_text_reopens_without_its_file(open_store):
+    from engramma.policies import parse_policy
+
+    mem = open_store(parse_policy("version: 1\nname: inline\ndefault: both\n"))
+    origin = mem.live_policy.origin
+    assert origin.startswith("<policy ")
+    mem.close()  # nothing observed: the text is kept anyway
+    again = open_store()
+    assert again.policy.name == "inline" and again.policy_error is None and again.stats().policy == origin
+    assert again.observe(Item(text="Anything at all.")).route == "both"
+
+
 def test_explain_lists_each_earlier_rule(open_store):
     mem = open_store("preset:default")
     record = mem.observe(Item(text="Always sign emails with 'Kind regards'.", kind="correction", source="admin"))
