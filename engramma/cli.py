@@ -298,14 +298,15 @@ def policy_explain(store: Store, item_id: Annotated[int, typer.Argument(help="It
         return
     typer.echo(f"item {ex.id} ({ex.status}, {ex.item.kind.value}, {ex.item.scope}): {ex.item.text}")
     typer.echo(f"route: {ex.route} by rule {ex.rule!r} of policy {ex.policy_name} ({ex.policy_hash})")
-    typer.echo("signals: " + ", ".join(f"{k}={v}" for k, v in ex.signals.items() if k != "content_hash"))
+    typer.echo("signals: " + ", ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}"
+                                       for k, v in ex.signals.items() if k != "content_hash"))
     for trace in ex.traces:
         mark = "matched" if trace.matched else "no"
         typer.echo(f"  {mark:>7}  {trace.rule}: {'; '.join(trace.why) or 'no conditions'}")
     if ex.rule == "default":
         typer.echo("  no rule matched: the default route applied")
     for reason in ex.reasons:
-        if reason.startswith(("PII found", "supersedes")):
+        if reason.startswith(("PII found", "supersedes")):  # what the engine added to the rule's verdict
             typer.echo(f"  note: {reason}")
 
 

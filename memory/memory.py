@@ -28,7 +28,7 @@ from engramma.memory.routing import route_batch
 from engramma.memory.store import DB_FILE, EVENTS_SCHEMA, QUEUE_SCHEMA, Store, insert, items_schema, scalar
 from engramma.memory.types import Explanation, Hit, Item, Probe, Record, Stats, check_scope
 from engramma.memory.view import CheckpointUnusable, IndexView
-from engramma.policies import Decision, LivePolicy, Policy, Route, Signals, explain, parse_policy
+from engramma.policies import Decision, LivePolicy, Policy, Route, RuleTrace, Signals, explain, parse_policy
 
 CHECKPOINT = Path("index") / "checkpoint.bin"
 KNOWN_DIMS = {DEFAULT_EMBEDDER: 384}  # lets a new store be created without loading the model
@@ -109,6 +109,22 @@ def append_events(con, folder: Path, op: str, ids: list[int], now: datetime) -> 
                            "happened_at": [naive_utc(now)] * len(ids)}, EVENTS_SCHEMA)
     write_head(folder, seqs[-1])
     return seqs[-1]
+
+
+NOT_STORED = "(not stored)"
+
+
+def erased(item: Item) -> Item:
+    """The item as it may be quoted once its text and meta are gone (dropped, or forgotten): which fields it
+    had, not what they said."""
+    return Item(text=NOT_STORED, kind=item.kind, scope=item.scope, source=item.source, key=item.key,
+                probe=Probe(NOT_STORED, NOT_STORED) if item.probe is not None else None,
+                meta={key: NOT_STORED for key in item.meta}, ts=item.ts)
+
+
+def traces_json(item: Item, signals: Signals, policy: Policy) -> str:
+    """The rules as tried for `item`, quoting only its erased form: kept for items whose text is not."""
+    return json.dumps([[t.rule, t.matched, list(t.why)] for t in explain(item, signals, policy, shown=erased(item))])
 
 
 def _check_k(k: int) -> None:
@@ -429,6 +445,7 @@ class Memory:
             "after_consolidation": [d.after_consolidation for d in decisions],
             "duplicate_of": [s.duplicate_of for s in routed.signals],
             "signals": [json.dumps(s.as_dict()) for s in routed.signals],
+            "traces": [None if k else traces_json(item, sig, policy) for item, sig, k in zip(items, routed.signals, kept)],
         }, self._items_schema)
 
     def _insert_events(self, con, seqs: list[int], op: str, ids: list[int], scopes: list[str | None],
@@ -458,10 +475,12 @@ class Memory:
                     "SELECT id FROM items WHERE scope = ? AND status = 'kept'", [scope]).fetchall()]
             if not ids:
                 return 0
+            traces = self._traces_before_erasing(con, ids)
             con.execute(
                 "UPDATE items SET status = 'forgotten', text = NULL, prompt = NULL, response = NULL, "
                 "probe_question = NULL, probe_answer = NULL, meta = NULL, vector = NULL, in_index = false, "
-                "forgotten_at = ? WHERE id IN (SELECT unnest(?))", [naive_utc(now), ids])
+                "forgotten_at = ?, traces = t.traces FROM (SELECT unnest(?) AS id, unnest(?) AS traces) t "
+                "WHERE items.id = t.id", [naive_utc(now), ids, traces])
             con.execute("DELETE FROM queue WHERE item_id IN (SELECT unnest(?)) AND status = 'pending'", [ids])
             seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
             self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
@@ -477,6 +496,25 @@ class Memory:
         self.view.remove(ids)
         self._maybe_checkpoint()
         return len(ids)
+
+    def _traces_before_erasing(self, con, ids: list[int]) -> list[str | None]:
+        """For each id, its explanation while its text and meta are still there (see `traces_json`)."""
+        rows = con.execute(
+            f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS.split(', '))}, i.signals, p.text, i.policy_name FROM items i "
+            "LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id IN (SELECT unnest(?))",
+            [ids]).fetchall()
+        policies: dict[str, Policy] = {}
+        traces: dict[int, str | None] = {}
+        for row in rows:
+            item_id, item = item_from_row(row[:12])
+            signals, policy_text, policy_name = row[12:]
+            if policy_text is None:
+                traces[item_id] = None
+                continue
+            if policy_text not in policies:
+                policies[policy_text] = parse_policy(policy_text, f"policy {policy_name}")
+            traces[item_id] = traces_json(item, Signals.from_dict(json.loads(signals)), policies[policy_text])
+        return [traces.get(i) for i in ids]
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -560,19 +598,23 @@ class Memory:
         with self.store.transaction() as con:
             rows = con.execute(
                 "SELECT i.status, i.kind, i.scope, i.source, i.key, i.text, i.probe_question, i.probe_answer, i.meta, "
-                "i.ts, i.route, i.rule, i.reasons, i.signals, i.policy_name, i.policy_hash, p.text "
+                "i.ts, i.route, i.rule, i.reasons, i.signals, i.policy_name, i.policy_hash, p.text, i.traces "
                 "FROM items i LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id = ?",
                 [int(item_id)]).fetchall()
         if not rows:
             raise ItemNotFound(f"no item {item_id} in {self.folder}")
         (status, kind, scope, source, key, text, pq, pa_, meta, ts, route, rule, reasons, signals, policy_name,
-         policy_hash, policy_text) = rows[0]
-        # A dropped or forgotten item has no text or meta left; its other fields are enough to re-judge.
-        item = Item(text=text or "(not stored)", kind=kind, scope=scope, source=source, key=key,
+         policy_hash, policy_text, stored_traces) = rows[0]
+        item = Item(text=text or NOT_STORED, kind=kind, scope=scope, source=source, key=key,
                     probe=Probe(pq, pa_) if pq else None, meta=json.loads(meta) if meta else {},
                     ts=ts.replace(tzinfo=timezone.utc))
         sig = Signals.from_dict(json.loads(signals))
-        traces = explain(item, sig, parse_policy(policy_text, f"policy {policy_name}")) if policy_text else []
+        if stored_traces is not None:  # dropped or forgotten: the rules as they were tried while it was whole
+            traces = [RuleTrace(rule_name, matched, tuple(why)) for rule_name, matched, why in json.loads(stored_traces)]
+        elif status == "kept" and policy_text:
+            traces = explain(item, sig, parse_policy(policy_text, f"policy {policy_name}"))
+        else:  # erased by an engramma older than store schema 4, which kept no traces
+            traces = []
         return Explanation(id=int(item_id), status=status, item=item, route=route, rule=rule,
                            reasons=tuple(json.loads(reasons)), signals=sig.as_dict(), policy_name=policy_name,
                            policy_hash=policy_hash, traces=tuple(traces))

@@ -1,6 +1,6 @@
-"""Route a batch of observed items, under the write lock: gather signals, decide, then apply what the
-policy alone cannot see: a new value for a key supersedes the current one, and a fact whose old value was
-already queued or trained is queued as a correction so that the weights unlearn the stale value."""
+"""Route a batch of observed items, under the write lock: gather signals, decide, then apply what follows
+from each decision: a new value for a key supersedes the current one (its valid-to is set). Whether the old
+value was already queued or trained is a signal, so that `decide` queues the new one as a correction."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -30,6 +30,7 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
     keys = sorted({item.key for item in items if item.key is not None})
     history: list[KeyedObservation] = []
     current: dict[tuple[str, str], tuple[int, str, datetime]] = {}  # (scope, key) -> (id, hash, ts)
+    learned: dict[int, str] = {}  # current keyed item -> the train scope it was queued or trained for
     if keys:
         rows = con.execute(
             "SELECT id, scope, key, content_hash, ts, status, valid_to FROM items "
@@ -42,6 +43,12 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
             history.append(KeyedObservation(scope, key, content_hash, ts))
             if status == "kept" and valid_to is None:
                 current[(scope, key)] = (item_id, content_hash, ts)
+        if current:
+            learned = dict(con.execute(
+                "SELECT item_id, train_scope FROM queue WHERE item_id IN (SELECT unnest($ids)) "
+                "UNION SELECT l.item_id, a.train_scope FROM lineage l JOIN adapters a ON a.version = l.adapter_version "
+                "WHERE l.item_id IN (SELECT unnest($ids))",
+                {"ids": [v[0] for v in current.values()]}).fetchall())
 
     current_hashes: dict[str, int] = {}
     if unindexed_kept:  # exact repeats of train-only items are not in the index: find them by hash
@@ -67,49 +74,35 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
     superseded: dict[int, datetime] = {}
     replaced_by: list[int | None] = [None] * len(items)
     batch_row = {item_id: n for n, item_id in enumerate(ids)}
+    corrects: list[int | None] = [None] * len(items)
     for n, item in enumerate(items):
         s = measure.measure(n)
+        slot = (item.scope, item.key) if item.key is not None else None
+        old = current.get(slot) if slot is not None else None
+        # The value this item would replace, if it is newer: the policy must know whether that one is in the
+        # weights, because then the new value has to be learned there too (decide() queues it as a correction).
+        stale = old[0] if old is not None and old[1] != item.content_hash and item.ts >= old[2] else None
+        if stale is not None and stale in learned:
+            s = replace(s, supersedes_learned=learned[stale])
         decision = decide(item, s, policy)
         signals.append(s)
         decisions.append(decision)
         valid_to.append(item.ts + timedelta(seconds=decision.ttl_seconds) if decision.ttl_seconds is not None
                         else None)
-        if item.key is not None and decision.route is not Route.DROP:
-            slot = (item.scope, item.key)
-            old = current.get(slot)
-            if old is not None and old[1] != item.content_hash:
-                old_id, _, old_ts = old
-                if item.ts >= old_ts:
-                    superseded[old_id] = item.ts
-                    if old_id in batch_row:
-                        valid_to[batch_row[old_id]] = item.ts
-                    replaced_by[n] = old_id
-                else:  # an older value heard late: history from the start
-                    valid_to[n] = old_ts
+        if slot is not None and decision.route is not Route.DROP:
+            if stale is not None:
+                superseded[stale] = item.ts
+                if stale in batch_row:
+                    valid_to[batch_row[stale]] = item.ts
+                replaced_by[n] = stale
+                if decision.route.trained and stale in learned:
+                    corrects[n] = stale
+            elif old is not None and old[1] != item.content_hash:  # an older value heard late: history from the start
+                valid_to[n] = old[2]
             if replaced_by[n] is not None or old is None or old[1] == item.content_hash:
                 current[slot] = (ids[n], item.content_hash, item.ts)
+            if decision.route.trained:  # a later value in this batch corrects this one where it was queued
+                learned[ids[n]] = decision.train_scope
         measure.record(n, decision.route, s, current=valid_to[n] is None or valid_to[n] > now,
                        supersedes=replaced_by[n])
-
-    corrects: list[int | None] = [None] * len(items)
-    stale = [old for old in replaced_by if old is not None]
-    if stale:
-        learned = {r[0] for r in con.execute(
-            "SELECT item_id FROM queue WHERE item_id IN (SELECT unnest($ids)) "
-            "UNION SELECT item_id FROM lineage WHERE item_id IN (SELECT unnest($ids))", {"ids": stale}).fetchall()}
-        learned |= {ids[batch_row[old]] for old in stale if old in batch_row and decisions[batch_row[old]].route.trained}
-        for n, old in enumerate(replaced_by):
-            if old is None or old not in learned:
-                continue
-            corrects[n] = old
-            decision = decisions[n]
-            if decision.route.trained:
-                continue
-            if signals[n].pii:
-                decisions[n] = replace(decision, reasons=decision.reasons + (
-                    f"supersedes item {old}, which was queued or trained, but carries PII: not queued",))
-                corrects[n] = None
-                continue
-            decisions[n] = replace(decision, route=Route.BOTH, train_scope=items[n].scope, reasons=decision.reasons + (
-                f"supersedes item {old}, which was queued or trained: queued as a correction",))
     return Routed(signals, decisions, valid_to, superseded, corrects)

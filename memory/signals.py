@@ -141,7 +141,7 @@ class BatchSignals:
             duplicate_of=(same if same is not None else repeat_id) if duplicate else None,
             recurrence=recurrence,
             volatility=volatility,
-            pii=find_pii(" ".join(t for t in (item.text, item.prompt, item.response) if t)),
+            pii=find_pii(_trainable_text(item)),
             length_tokens=len(TOKEN.findall(item.text)),
             source_trust=settings.source_trust.get(item.source or "", settings.default_trust),
             feedback=_feedback(item),
@@ -173,6 +173,15 @@ class BatchSignals:
             stale = [h for h, item_id in self.current_hashes.items() if item_id == supersedes]
             for h in stale:
                 del self.current_hashes[h]
+
+
+def _trainable_text(item: Item) -> str:
+    """Every text of an item that training may put into weights: its probe too (the templates ask its question
+    and teach its answer), so personal data there keeps the item out of shared adapters like anywhere else."""
+    parts = [item.text, item.prompt, item.response]
+    if item.probe is not None:
+        parts += [item.probe.question, item.probe.answer]
+    return "\n".join(p for p in parts if p)
 
 
 def _volatility(item: Item, history: dict, window_seconds: float) -> float:

@@ -27,7 +27,7 @@ import pyarrow as pa
 from engramma.errors import StoreBusy, StoreError
 
 DB_FILE = "engramma.duckdb"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def schema_v1(dim: int) -> list[str]:
@@ -135,6 +135,7 @@ def items_schema(dim: int) -> pa.Schema:
         ("reasons", pa.string()), ("ttl_seconds", pa.float64()), ("train_scope", pa.string()),
         ("priority", pa.int32()), ("policy_name", pa.string()), ("policy_hash", pa.string()),
         ("after_consolidation", pa.string()), ("duplicate_of", pa.int64()), ("signals", pa.string()),
+        ("traces", pa.string()),
     ])
 
 
@@ -226,6 +227,10 @@ MIGRATIONS: dict[int, list[str]] = {
             reason VARCHAR NOT NULL
         )""",
     ],
+    # 4: explanations that outlive the item. A dropped item never had its text and meta stored, and
+    # forgetting erases them, so such an item cannot be judged again: the rules as they were tried at the
+    # time (matched or the first failed condition, with text and meta values left out) are kept instead.
+    4: ["ALTER TABLE items ADD COLUMN traces JSON"],
 }
 
 

@@ -35,13 +35,17 @@ class Signals:
     source_trust: float = 0.5
     feedback: float | None = None  # from meta["feedback"]
     age_seconds: float = 0.0  # observation time minus the item's timestamp
+    # A keyed fact's new value whose old value was queued or trained: the train scope the old value went to,
+    # where the new one must be learned as a correction (None: nothing to correct in the weights).
+    supersedes_learned: str | None = None
 
     def as_dict(self) -> dict:
-        return {"content_hash": self.content_hash, "novelty": round(self.novelty, 4), "duplicate": self.duplicate,
-                "duplicate_of": self.duplicate_of, "recurrence": self.recurrence,
-                "volatility": round(self.volatility, 4), "pii": sorted(self.pii),
-                "length_tokens": self.length_tokens, "source_trust": self.source_trust,
-                "feedback": self.feedback, "age_seconds": round(self.age_seconds, 3)}
+        """Every signal as stored with the decision: unrounded, so that re-judging gives the same route."""
+        return {"content_hash": self.content_hash, "novelty": self.novelty, "duplicate": self.duplicate,
+                "duplicate_of": self.duplicate_of, "recurrence": self.recurrence, "volatility": self.volatility,
+                "pii": sorted(self.pii), "length_tokens": self.length_tokens, "source_trust": self.source_trust,
+                "feedback": self.feedback, "age_seconds": self.age_seconds,
+                "supersedes_learned": self.supersedes_learned}
 
     @classmethod
     def from_dict(cls, data: dict) -> Signals:

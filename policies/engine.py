@@ -140,25 +140,39 @@ def _finish(item: Item, signals: Signals, rule: Rule | None, route: Route, name:
     train_scope = None
     if route.trained:
         train_scope = "global" if rule is not None and rule.train_scope == "shared" else item.scope
-        # INVARIANT: personal data never trains an adapter wider than the item's own scope.
-        if signals.pii and train_scope != item.scope:
-            why.append(f"PII found ({', '.join(sorted(signals.pii))}): training limited to its own scope "
-                       f"{item.scope}, not {train_scope}")
-            train_scope = item.scope
+    elif route is not Route.DROP and signals.supersedes_learned is not None:
+        # The old value is in the weights (or on its way): the new one must reach the same adapter, or the
+        # stale value would be answered from memory long after the index moved on.
+        stale_scope = signals.supersedes_learned
+        if signals.pii and stale_scope != item.scope:
+            why.append(f"supersedes a value that was queued or trained for {stale_scope}, but carries PII "
+                       f"({', '.join(sorted(signals.pii))}): not queued")
+        else:
+            route, train_scope = Route.BOTH, stale_scope
+            why.append(f"supersedes a value that was queued or trained for {stale_scope}: queued as a correction there")
+    # INVARIANT: personal data never trains an adapter wider than the item's own scope.
+    if train_scope is not None and signals.pii and train_scope != item.scope:
+        why.append(f"PII found ({', '.join(sorted(signals.pii))}): training limited to its own scope "
+                   f"{item.scope}, not {train_scope}")
+        train_scope = item.scope
     return Decision(route=route, rule=name, reasons=tuple(why),
                     ttl_seconds=rule.ttl if rule is not None else None, train_scope=train_scope,
                     priority=rule.priority if rule is not None else 0,
                     after_consolidation=rule.after_consolidation if rule is not None else "keep")
 
 
-def explain(item: Item, signals: Signals, policy: Policy) -> list[RuleTrace]:
-    """Every rule up to the one that matched: why it matched, or the first condition that failed."""
+def explain(item: Item, signals: Signals, policy: Policy, *, shown: Item | None = None) -> list[RuleTrace]:
+    """Every rule up to the one that matched: why it matched, or the first condition that failed.
+
+    Conditions are tested on `item`; the words quote `shown` when given (the item as it may be kept once its
+    text and meta are erased, for a dropped or forgotten item)."""
+    shown = shown or item
     traces = []
     for rule in policy.rules:
         failed = next((c for c in rule.checks if not c.test(item, signals)), None)
         if failed is None:
             traces.append(RuleTrace(rule.spec.name, True,
-                                    tuple(f"{c.observed(item, signals)} ({c.wanted})" for c in rule.checks)))
+                                    tuple(f"{c.observed(shown, signals)} ({c.wanted})" for c in rule.checks)))
             return traces
-        traces.append(RuleTrace(rule.spec.name, False, (f"{failed.observed(item, signals)}, needs {failed.wanted}",)))
+        traces.append(RuleTrace(rule.spec.name, False, (f"{failed.observed(shown, signals)}, needs {failed.wanted}",)))
     return traces

@@ -134,6 +134,15 @@ def test_policy_commands(tmp_path):
     assert explained["policy"]["name"] == "team" and explained["signals"]["novelty"] == 1.0
     text = engramma("policy", "explain", store, record["id"]).stdout
     assert "route: both by rule 'corrections' of policy team" in text
+    chat = json.loads(engramma("observe", store, "--text", "hello there", "--kind", "conversation", "--json").stdout)
+    text = engramma("policy", "explain", store, chat["id"]).stdout
+    assert "      no  corrections: kind conversation, needs in [correction]" in text
+    assert "no rule matched: the default route applied" in text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nname: team\nrules:\n  - {name: r, when: {kind: [fcat]}, route: index}\n"
+                      "default: index\n")
+    assert_clean_error(engramma("policy", "check", broken),
+                       f"{broken}:4: rules[0].when.kind[0]: 'fcat' is not one of fact")
     policy.write_text("version: 1\nname: team\ndefault: sideways\n")
     assert_clean_error(engramma("policy", "set", store, policy), "'sideways' is not one of index, train, both or drop")
     stats = engramma("stats", store)  # the store still opens, on the last good version of its policy

@@ -121,6 +121,73 @@ def test_explain_says_why_each_earlier_rule_failed():
     assert decide(item, Signals(source_trust=0.9), policy).rule == traces[-1].rule
 
 
+def test_a_correction_of_a_learned_value_is_queued_where_that_value_was_learned():
+    index_only = one_rule("{kind: [conversation]}", route="drop")  # facts fall to the default: index
+    fact = Item(text="The rate limit is 300 a minute.", key="rate_limit", scope="user:alice")
+    assert decide(fact, Signals(), index_only).route is Route.INDEX
+    corrected = decide(fact, Signals(supersedes_learned="global"), index_only)
+    assert (corrected.route, corrected.train_scope) == (Route.BOTH, "global")
+    assert any("queued as a correction there" in r for r in corrected.reasons)
+    private = decide(fact, Signals(supersedes_learned="global", pii=frozenset({"phone"})), index_only)
+    assert (private.route, private.train_scope) == (Route.INDEX, None), "PII never reaches a shared adapter"
+    assert any("carries PII" in r and "not queued" in r for r in private.reasons)
+    own = decide(fact, Signals(supersedes_learned="user:alice", pii=frozenset({"phone"})), index_only)
+    assert (own.route, own.train_scope) == (Route.BOTH, "user:alice")
+    dropped = decide(Item(text="hi", kind="conversation", key="k"), Signals(supersedes_learned="global"), index_only)
+    assert dropped.route is Route.DROP and dropped.train_scope is None
+
+
+def test_decide_reads_no_clock_and_does_no_io(monkeypatch):
+    """Pure: the case table decides the same with every clock and file access made to fail."""
+    import builtins
+    import datetime as dt
+    import os
+    import time
+
+    policies = [one_rule(when) for when, *_ in CASES] + [load_policy(f"preset:{n}") for n in
+                                                        ("default", "assistant-private", "index-only")]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("decide() read a clock or touched a file")
+
+    class NoClock(dt.datetime):
+        now = utcnow = today = classmethod(forbidden)
+
+    for name in ("time", "monotonic", "perf_counter", "time_ns"):
+        monkeypatch.setattr(time, name, forbidden)
+    monkeypatch.setattr(dt, "datetime", NoClock)
+    monkeypatch.setattr(builtins, "open", forbidden)
+    monkeypatch.setattr(os, "stat", forbidden)
+    for policy in policies:
+        for _, item, sig, _ in CASES:
+            decide(item, sig, policy)
+            explain(item, sig, policy)
+    import engramma.policies.engine as engine
+
+    assert not {"time", "datetime", "os", "io", "pathlib", "duckdb", "faiss"} & set(vars(engine)), \
+        "the engine module holds a clock or I/O module a monkeypatch here would not catch"
+
+
+def test_assistant_private_preset_intent():
+    policy = load_policy("preset:assistant-private")
+    decision = lambda item, **s: decide(item, Signals(**s), policy)  # noqa: E731
+    bob = lambda text, **fields: Item(text=text, scope="user:bob", **fields)  # noqa: E731
+    contact = decision(bob("Reach me at bob@example.org"), pii=frozenset({"email"}))
+    assert (contact.route, contact.rule) == (Route.INDEX, "contact-details"), "personal details never train"
+    assert decision(bob("IBAN DE89 3704 0044 0532 0130 00"), pii=frozenset({"iban"})).route is Route.DROP
+    prefers = decision(bob("Call me Bobby.", kind="preference", source="user"), source_trust=0.7)
+    assert (prefers.route, prefers.train_scope) == (Route.BOTH, "user:bob"), "a user's preferences: that user's adapter"
+    moving = decision(bob("Bob's desk is 4B.", key="desk"), volatility=0.5)
+    assert (moving.route, moving.rule) == (Route.INDEX, "changing-user-facts")
+    chat = decision(Item(text="We talked about the weather.", kind="conversation", scope="session:s1"))
+    assert (chat.route, chat.ttl_seconds) == (Route.INDEX, 7 * 86400)
+    skill = Item(text="Summarise in three bullets.", kind="skill")
+    shared = decision(skill, recurrence=3)
+    assert (shared.route, shared.train_scope) == (Route.TRAIN, "global")
+    assert decision(skill, recurrence=3, pii=frozenset({"phone"})).route is Route.INDEX
+    assert decision(bob("Summarise in three bullets.", kind="skill"), recurrence=5).route is Route.INDEX
+
+
 def test_default_preset_intent():
     policy = load_policy("preset:default")
     route = lambda item, **s: decide(item, Signals(**s), policy).route.value  # noqa: E731

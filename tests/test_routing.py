@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engramma import Item, Memory
+from engramma import Item, Memory, Probe
 from engramma.policies import load_policy
 
 T0 = datetime(2026, 3, 1, 9, tzinfo=timezone.utc)
@@ -71,7 +71,7 @@ def test_supersession_is_seen_by_another_process_view(open_store, tmp_path):
     mem.observe(Item(text="The office is in Lyon.", key="office", ts=T0))
     code = f"""
 import sys; from datetime import datetime, timezone
-from engramma import Item, Memory
+from engramma import Item, Memory, Probe
 with Memory.open(sys.argv[1]) as m:
     m.observe(Item(text="The office is in Grenoble.", key="office", ts=datetime(2026, 3, 9, tzinfo=timezone.utc)))
 """
@@ -221,6 +221,12 @@ def test_policy_test_cli_exit_status(tmp_path):
     ok = run("preset:default", items)
     assert ok.returncode == 0, ok.stderr
     assert "3 items: both 1, drop 1, index 1" in ok.stdout and "2/2 as expected" in ok.stdout
+    assert "by rule: " in ok.stdout
+    by_rule = dict(part.rsplit(" ", 1) for part in ok.stdout.split("by rule: ")[1].splitlines()[0].split(", "))
+    assert by_rule == {"secrets": "1", "trusted-corrections-and-preferences": "1", "default": "1"}
+    as_json = json.loads(run("preset:default", items, "--json").stdout)
+    assert as_json == {"items": 3, "routes": {"both": 1, "drop": 1, "index": 1}, "mismatches": [],
+                       "rules": {"secrets": 1, "trusted-corrections-and-preferences": 1, "default": 1}}
     items.write_text(items.read_text().replace('"expected_route": "both"', '"expected_route": "train"'))
     bad = run("preset:default", items)
     assert bad.returncode == 1
@@ -234,7 +240,8 @@ texts = st.sampled_from([
 ])
 stream_items = st.builds(Item, text=texts, kind=st.sampled_from(["fact", "skill", "correction", "preference"]),
                          scope=st.sampled_from(["global", "user:alice", "user:bob"]),
-                         source=st.sampled_from(["docs", "admin", "chat"]), key=st.sampled_from([None, "k"]))
+                         source=st.sampled_from(["docs", "admin", "chat"]), key=st.sampled_from([None, "k"]),
+                         probe=st.none() | st.builds(Probe, question=st.just("What was said?"), answer=texts))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
@@ -307,3 +314,83 @@ def test_one_batch_judges_each_item_as_one_by_one_would(tmp_path, embedder):
     assert routes[4] == "index"  # a new value of a key is not a duplicate of the old one
     assert routes[5] == "index"  # bob cannot see alice's identical item
     assert routes[7] == "drop"  # alice's own repeat is
+
+
+PROBED_DROP = """\
+version: 1
+name: probed-drop
+rules:
+  - {name: probed-sdk, when: {has_probe: true, meta: {team: sdk}}, route: drop}
+  - {name: everything, when: {}, route: train}
+default: index
+"""
+
+
+def test_explain_a_dropped_or_forgotten_item_as_it_was_judged(open_store, tmp_path):
+    """Their text, probe and meta are gone, so they cannot be judged again: the rules as tried at the time
+    are kept, quoting which fields the item had but not what they said."""
+    policy = tmp_path / "probed.yaml"
+    policy.write_text(PROBED_DROP)
+    mem = open_store(policy)
+    dropped = mem.observe(Item(text="Use token v2 for uploads.", probe=Probe("Which token?", "v2"),
+                               meta={"team": "sdk", "owner": "alice@example.org"}))
+    assert (dropped.route, dropped.rule) == ("drop", "probed-sdk")
+    ex = mem.explain(dropped.id)
+    assert (ex.status, ex.rule) == ("dropped", "probed-sdk")
+    assert [(t.rule, t.matched) for t in ex.traces] == [("probed-sdk", True)]
+    assert ex.traces[0].why == ("has_probe true (is true)", "meta.team '(not stored)' (equals 'sdk')")
+    kept = mem.observe(Item(text="Alice's laptop is a ThinkPad.", scope="user:alice", meta={"team": "web"},
+                            probe=Probe("Which laptop?", "ThinkPad")))
+    assert kept.rule == "everything"
+    before = mem.explain(kept.id).traces
+    assert before[0].why == ("meta.team 'web', needs equals 'sdk'",)
+    assert mem.forget(kept.id) == 1
+    after = mem.explain(kept.id)
+    assert after.status == "forgotten" and [(t.rule, t.matched) for t in after.traces] == [(t.rule, t.matched)
+                                                                                          for t in before]
+    assert after.traces[0].why == ("meta.team '(not stored)', needs equals 'sdk'",)
+    stored = json.dumps([t.why for t in after.traces])
+    assert "web" not in stored and "ThinkPad" not in stored and "alice@example.org" not in json.dumps(
+        [t.why for t in ex.traces])
+
+
+SHARED_FACTS = """\
+version: 1
+name: shared-facts
+rules:
+  - {name: facts, when: {kind: [fact], has_key: true}, route: train, train_scope: shared}
+default: index
+"""
+
+
+def test_a_value_learned_by_the_shared_adapter_is_corrected_there(open_store, tmp_path):
+    policy = tmp_path / "shared.yaml"
+    policy.write_text(SHARED_FACTS)
+    mem = open_store(policy)
+    first = mem.observe(Item(text="The staff canteen opens at 11:30.", key="canteen", scope="agent:desk", ts=T0))
+    third = mem.observe(Item(text="Call the canteen on +44 20 7946 0958 to book.", key="canteen-booking",
+                             scope="agent:desk", ts=T0))
+    time.sleep(0.01)
+    policy.write_text(SHARED_FACTS.replace("route: train, train_scope: shared", "route: index"))
+    second = mem.observe(Item(text="The staff canteen opens at 12:00.", key="canteen", scope="agent:desk",
+                              ts=T0 + timedelta(days=1)))
+    fourth = mem.observe(Item(text="Book the canteen on +44 20 7946 0000.", key="canteen-booking",
+                              scope="agent:desk", ts=T0 + timedelta(days=1)))
+    mem.close()
+    queue = dict((r[0], r[1:]) for r in rows(mem.folder, "SELECT item_id, train_scope, corrects FROM queue"))
+    assert queue[first.id] == ("global", None)
+    assert second.route == "both" and queue[second.id] == ("global", first.id), "corrected where it was learned"
+    assert third.route == "train" and queue[third.id] == ("agent:desk", None), "PII keeps it in its own scope"
+    assert fourth.route == "both" and queue[fourth.id] == ("agent:desk", third.id)
+
+
+def test_personal_data_in_a_probe_keeps_an_item_out_of_shared_weights(open_store, tmp_path):
+    policy = tmp_path / "shared.yaml"
+    policy.write_text("version: 1\nname: s\ndefault: index\nrules:\n"
+                      "  - {name: all, when: {}, route: train, train_scope: shared}\n")
+    mem = open_store(policy)
+    record = mem.observe(Item(text="Alice asked how to reach her account manager.", scope="user:alice",
+                              probe=Probe("How can Alice be reached?", "alice.m@example.org")))
+    mem.close()
+    assert rows(mem.folder, "SELECT train_scope FROM queue WHERE item_id = ?", [record.id]) == [("user:alice",)]
+    assert json.loads(rows(mem.folder, "SELECT signals FROM items WHERE id = ?", [record.id])[0][0])["pii"] == ["email"]
