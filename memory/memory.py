@@ -150,7 +150,6 @@ class Memory:
         self._seen_head = b""  # the head file's contents when this view last caught up
         self._checkpoint_seq = 0
         self._next_id = 1  # ids are assigned under the write lock, after syncing with other writers
-        self._unindexed_kept = 0  # kept items outside the index (train-only): duplicates are found by hash
         self._recorded_policies: set[str] = set()
         self._closed = False
 
@@ -234,11 +233,11 @@ class Memory:
         return head
 
     def _load_view(self, con) -> None:
-        """Load every indexed item, take vectors from the checkpoint, reconcile what changed since."""
+        """Load every kept item, take vectors from the checkpoint, reconcile what changed since."""
         head = self._read_head()
         db_seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
         view = self.view
-        self._read_indexed_items(con)
+        self._read_kept_items(con)
         try:
             view.load_vectors(self.folder / CHECKPOINT)
             if view.seq > db_seq:
@@ -247,24 +246,26 @@ class Memory:
             # The checkpoint is right for every item no event touched since; redo the touched ones.
             touched = self._touched_since(con, view.seq)
             view.drop_vectors(touched)
-            self._index_from_db(con, [i for i in touched if i in view.items])
-            if view.vector_count() != len(view.items):
+            self._index_from_db(con, [i for i in touched if i in view.items or i in view.shadow_items])
+            if view.vector_count() != len(view.items) + len(view.shadow_items):
                 raise CheckpointUnusable("disagrees with the store")
         except CheckpointUnusable:
-            view.indexes = {}
-            self._index_from_db(con, list(view.items))
+            view.indexes, view.shadow = {}, {}
+            self._index_from_db(con, [*view.items, *view.shadow_items])
         view.seq = db_seq
         self._read_counters(con)
         self._seen_head = head
 
-    def _read_indexed_items(self, con) -> None:
-        rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index ORDER BY id").fetchall()
-        self.view.items = dict(item_from_row(r[:12]) for r in rows)
+    def _read_kept_items(self, con) -> None:
+        """Every kept item into the view's two families: recall index, or shadow (vectors come separately)."""
+        rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to, in_index FROM items WHERE status = 'kept' "
+                           "ORDER BY id").fetchall()
+        self.view.items = dict(item_from_row(r[:12]) for r in rows if r[13])
+        self.view.shadow_items = dict(item_from_row(r[:12]) for r in rows if not r[13])
         self.view.valid_to = {int(r[0]): r[12].replace(tzinfo=timezone.utc) for r in rows if r[12] is not None}
 
     def _read_counters(self, con) -> None:
         self._next_id = scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
-        self._unindexed_kept = scalar(con, "SELECT count(*) FROM items WHERE status = 'kept' AND NOT in_index")
 
     @staticmethod
     def _touched_since(con, seq: int) -> list[int]:
@@ -272,15 +273,21 @@ class Memory:
             "SELECT DISTINCT item_id FROM events WHERE seq > ? AND item_id IS NOT NULL", [seq]).fetchall()]
 
     def _index_from_db(self, con, ids: list[int]) -> None:
-        """Read the stored vectors of `ids` and index them (chunked: at 1M items they are 1.5 GB)."""
+        """Read the stored vectors of `ids` and put each in its family (chunked: at 1M items they are 1.5 GB)."""
         ids = sorted(ids)
         for start in range(0, len(ids), 50_000):
             # In id order, as they were first added: an index that turns IVF trains on the same vectors.
-            table = con.sql("SELECT id, scope, vector FROM items WHERE id IN (SELECT unnest($ids)) ORDER BY id",
-                            params={"ids": ids[start:start + 50_000]}).to_arrow_table()
+            table = con.sql("SELECT id, scope, vector, in_index FROM items WHERE id IN (SELECT unnest($ids)) "
+                            "ORDER BY id", params={"ids": ids[start:start + 50_000]}).to_arrow_table()
             vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32)
-            self.view.index_vectors(table.column("id").to_pylist(), table.column("scope").to_pylist(),
-                                    vectors.reshape(-1, self.view.dim))
+            vectors = vectors.reshape(-1, self.view.dim)
+            in_index = np.asarray(table.column("in_index").to_pylist(), bool)
+            item_ids, scopes = table.column("id").to_pylist(), table.column("scope").to_pylist()
+            for shadow in (False, True):
+                rows = np.flatnonzero(in_index != shadow)
+                if len(rows):
+                    self.view.index_vectors([item_ids[r] for r in rows], [scopes[r] for r in rows], vectors[rows],
+                                            shadow=shadow)
 
     def _sync(self, con) -> None:
         """Bring the view up to the store's newest event (other processes' writes)."""
@@ -288,18 +295,23 @@ class Memory:
         db_seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
         if db_seq > self.view.seq:
             touched = self._touched_since(con, self.view.seq)
-            rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to FROM items WHERE in_index AND id IN (SELECT unnest(?))",
-                               [touched]).fetchall()
-            present = dict(item_from_row(r[:12]) for r in rows)
-            self.view.remove([i for i in touched if i not in present])
-            for r in rows:  # a supersession changes an indexed item's validity, not its vector
+            rows = con.execute(f"SELECT {ITEM_COLUMNS}, valid_to, in_index FROM items WHERE status = 'kept' "
+                               "AND id IN (SELECT unnest(?)) ORDER BY id", [touched]).fetchall()
+            indexed = {int(r[0]): bool(r[13]) for r in rows}
+            # Gone (forgotten), or moved between the recall index and the shadow (evicted, restored).
+            self.view.remove([i for i in touched if i not in indexed], shadow=None)
+            self.view.remove([i for i, in_index in indexed.items() if in_index], shadow=True)
+            self.view.remove([i for i, in_index in indexed.items() if not in_index], shadow=False)
+            for r in rows:  # a supersession changes an item's validity, not its vector
                 if r[12] is None:
                     self.view.valid_to.pop(int(r[0]), None)
                 else:
                     self.view.valid_to[int(r[0])] = r[12].replace(tzinfo=timezone.utc)
-            new = sorted(i for i in present if i not in self.view.items)
-            self.view.items.update((i, present[i]) for i in new)
-            self._index_from_db(con, new)
+            new = [r for r in rows if int(r[0]) not in (self.view.items if r[13] else self.view.shadow_items)]
+            for r in new:
+                item_id, item = item_from_row(r[:12])
+                (self.view.items if r[13] else self.view.shadow_items)[item_id] = item
+            self._index_from_db(con, [int(r[0]) for r in new])
             self.view.seq = db_seq
             self._read_counters(con)
         stored = scalar(con, "SELECT value FROM meta WHERE key = 'policy'")
@@ -356,7 +368,7 @@ class Memory:
             policy = self.live_policy.current()  # after syncing: another process may have set a new one
             ids = list(range(self._next_id, self._next_id + len(items)))
             routed = route_batch(con, items, vectors, ids, view=self.view, scopes_of=self.visible_scopes,
-                                 policy=policy, now=now, naive=naive_utc, unindexed_kept=self._unindexed_kept)
+                                 policy=policy, now=now, naive=naive_utc)
             decisions = routed.decisions
             self._record_policy(con, policy, now)
             self._insert_items(con, ids, items, routed, vectors, now, policy)
@@ -381,16 +393,16 @@ class Memory:
                 seq += len(old)
             head = self._write_head(seq)  # before commit: a reader that sees it waits for our lock, then syncs
         self._next_id += len(items)
-        self._unindexed_kept += sum(d.route is Route.TRAIN for d in decisions)
         self._seen_head, self.view.seq = head, seq
-        indexed = [n for n, d in enumerate(decisions) if d.route.indexed]
-        if indexed:
-            self.view.add([ids[n] for n in indexed], [items[n] for n in indexed], vectors[indexed])
-        for n in indexed:
-            if routed.valid_to[n] is not None:
-                self.view.valid_to[ids[n]] = routed.valid_to[n]
+        for shadow in (False, True):  # indexed items to the recall index, train-only ones to the shadow
+            rows = [n for n, d in enumerate(decisions) if d.route is not Route.DROP and d.route.indexed != shadow]
+            if rows:
+                self.view.add([ids[n] for n in rows], [items[n] for n in rows], vectors[rows], shadow=shadow)
+            for n in rows:
+                if routed.valid_to[n] is not None:
+                    self.view.valid_to[ids[n]] = routed.valid_to[n]
         for item_id, until in routed.superseded.items():
-            if item_id in self.view.items:
+            if item_id in self.view.items or item_id in self.view.shadow_items:
                 self.view.valid_to[item_id] = until
         self._maybe_checkpoint()
         return [Record(id=i, item=item, route=d.route.value, rule=d.rule, observed_at=now, in_index=d.route.indexed,
@@ -643,23 +655,26 @@ class Memory:
         """Problems where the index view and the tables disagree; empty when consistent."""
         with self.store.transaction() as con:
             self._sync(con)
-            truth = {r[0] for r in con.execute("SELECT id FROM items WHERE in_index").fetchall()}
+            kept = dict(con.execute("SELECT id, in_index FROM items WHERE status = 'kept'").fetchall())
         problems = []
-        vectors = self.view.index_ids()
-        if orphans := sorted(vectors - truth):
-            problems.append(f"{len(orphans)} vectors in the index have no indexed row, e.g. {orphans[:5]}")
-        if missing := sorted(truth - vectors):
-            problems.append(f"{len(missing)} indexed rows have no vector, e.g. {missing[:5]}")
-        if unknown := sorted(set(self.view.items) ^ truth):
-            problems.append(f"{len(unknown)} items differ between the view and the tables, e.g. {unknown[:5]}")
+        for shadow, name in ((False, "index"), (True, "shadow index (kept items outside the index)")):
+            truth = {i for i, in_index in kept.items() if in_index != shadow}
+            vectors = self.view.index_ids(shadow=shadow)
+            if orphans := sorted(vectors - truth):
+                problems.append(f"{len(orphans)} vectors in the {name} have no such row, e.g. {orphans[:5]}")
+            if missing := sorted(truth - vectors):
+                problems.append(f"{len(missing)} rows have no vector in the {name}, e.g. {missing[:5]}")
+            known = self.view.shadow_items if shadow else self.view.items
+            if unknown := sorted(set(known) ^ truth):
+                problems.append(f"{len(unknown)} items of the {name} differ from the tables, e.g. {unknown[:5]}")
         return problems
 
     def rebuild_index(self) -> int:
         """Rebuild the FAISS view from the vectors in DuckDB and checkpoint it. Returns the vector count."""
         with self.store.transaction() as con:
-            self._read_indexed_items(con)
-            self.view.indexes = {}
-            self._index_from_db(con, list(self.view.items))
+            self._read_kept_items(con)
+            self.view.indexes, self.view.shadow = {}, {}
+            self._index_from_db(con, [*self.view.items, *self.view.shadow_items])
             self.view.seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
             self._seen_head = self._read_head()
         self.save_checkpoint()

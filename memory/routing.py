@@ -26,7 +26,7 @@ class Routed:
 
 
 def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, view: IndexView, scopes_of,
-                policy: Policy, now: datetime, naive, unindexed_kept: int) -> Routed:
+                policy: Policy, now: datetime, naive) -> Routed:
     keys = sorted({item.key for item in items if item.key is not None})
     history: list[KeyedObservation] = []
     current: dict[tuple[str, str], tuple[int, str, datetime]] = {}  # (scope, key) -> (id, hash, ts)
@@ -50,13 +50,6 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
                 "WHERE l.item_id IN (SELECT unnest($ids))",
                 {"ids": [v[0] for v in current.values()]}).fetchall())
 
-    current_hashes: dict[str, int] = {}
-    if unindexed_kept:  # exact repeats of train-only items are not in the index: find them by hash
-        current_hashes = dict(con.execute(
-            "SELECT content_hash, id FROM items WHERE status = 'kept' AND NOT in_index "
-            "AND (valid_to IS NULL OR valid_to > ?) AND content_hash IN (SELECT unnest(?))",
-            [naive(now), [item.content_hash for item in items]]).fetchall())
-
     def dropped_repeats(candidates: set[int], since: datetime) -> dict[int, int]:
         return dict(con.execute(
             "SELECT duplicate_of, count(*) FROM items WHERE status = 'dropped' "
@@ -64,7 +57,7 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
             [sorted(candidates), naive(since)]).fetchall())
 
     measure = BatchSignals(items, vectors, ids, view=view, scopes_of=scopes_of, settings=policy.spec.signals,
-                           now=now, keyed_history=history, current_hashes=current_hashes,
+                           now=now, keyed_history=history,
                            dropped_repeats=dropped_repeats)
     signals: list[Signals] = []
     decisions: list[Decision] = []

@@ -1,8 +1,9 @@
 """Signals for a batch of observed items: what the policy judges. Computed under the write lock, after the
 view has caught up with other writers, so two processes never judge against different pasts.
 
-Similarity signals (novelty, duplicate, recurrence) compare an item with the *indexed* items visible in its
-scope and with the earlier items of its own batch; an exact repeat of a train-only item is found by hash.
+Similarity signals (novelty, duplicate, recurrence) compare an item with the kept items visible in its scope
+(indexed or not: the view's shadow holds the vectors of train-only and evicted items) and with the earlier
+items of its own batch. An item with the same content hash as a current one is a duplicate at any cosine.
 A batch is measured item by item, each judged before the next is measured (`BatchSignals.measure`, then
 `record`), so that `observe_many(items)` routes every item exactly as observing them one by one would:
 a repeat dropped earlier in the batch is not indexed, a value superseded earlier in the batch is no longer
@@ -49,18 +50,16 @@ class BatchSignals:
 
     def __init__(self, items: list[Item], vectors: np.ndarray, ids: list[int], *, view: IndexView,
                  scopes_of: Callable[[str], list[str]], settings: SignalSettings, now: datetime,
-                 keyed_history: list[KeyedObservation], current_hashes: dict[str, int],
+                 keyed_history: list[KeyedObservation],
                  dropped_repeats: Callable[[set[int], datetime], dict[int, int]]):
-        """`current_hashes`: content hash -> id of a current kept item that is not indexed (train-only);
-        `dropped_repeats(ids, since)`: how many dropped duplicates of each id were observed since a time
+        """`dropped_repeats(ids, since)`: how many dropped duplicates of each id were observed since a time
         (they count as recurrences)."""
         self.items, self.vectors, self.ids = items, vectors, ids
         self.view, self.settings, self.now = view, settings, now
-        self.current_hashes = dict(current_hashes)
         n = len(items)
         self.row_of = {item_id: j for j, item_id in enumerate(ids)}
         visible = [scopes_of(item.scope) for item in items]
-        self.neighbours = view.search_many(vectors, visible, NEIGHBOURS)
+        self.neighbours = view.search_many(vectors, visible, NEIGHBOURS, shadow=True)
         earliest = min(item.ts for item in items) - timedelta(seconds=settings.recurrence_window)
         candidates = {i for found in self.neighbours for i, score in found if score >= settings.recurrence_threshold}
         self.repeats: dict[int, int] = dropped_repeats(candidates, earliest) if candidates else {}
@@ -79,7 +78,7 @@ class BatchSignals:
         self.key_of = _codes([item.key for item in items])
         self.hash_of = _codes([item.content_hash for item in items])
         self.ts = np.array([item.ts.timestamp() for item in items])
-        self.indexed = np.zeros(n, bool)  # judged so far and routed to the index
+        self.kept = np.zeros(n, bool)  # judged so far and not dropped
         self.current_until = np.full(n, n, np.int64)  # current for rows up to and including this one
         self.dropped_onto = np.zeros(n, np.int64)  # dropped repeats of each row, earlier in the batch
         self._block_start, self._block = -1, np.zeros((0, 0), np.float32)
@@ -99,23 +98,26 @@ class BatchSignals:
         window_start = item.ts - timedelta(seconds=settings.recurrence_window)
         best = -1.0  # closest current item: novelty
         repeat, repeat_id = -1.0, None  # closest current item that is not an earlier value of this key
+        same = None  # a current item with this very content
         recurrence = 1
         for other_id, score in self.neighbours[j]:  # best first
             if score < settings.recurrence_threshold and repeat_id is not None:
                 break  # nothing further down can count as a recurrence or be a closer current item
-            other = self.view.items[other_id]
+            other = self.view.item(other_id)
             if score >= settings.recurrence_threshold and window_start <= other.ts <= item.ts:
                 recurrence += 1 + self.repeats.get(other_id, 0)
             if not self.view.is_current(other_id, self.now) or other_id in self.superseded:
                 continue
             best = max(best, score)
+            if same is None and other.content_hash == content_hash:
+                same = other_id
             # "30 days" after "45 days" for the same key is an update, however alike the sentences are
             new_value = item.key is not None and other.key == item.key and other.content_hash != content_hash
             if not new_value and score > repeat:
                 repeat, repeat_id = score, other_id
 
         if j:
-            scores = np.where(self.indexed[:j], self._scores(j), -np.inf)
+            scores = np.where(self.kept[:j], self._scores(j), -np.inf)
             in_window = (self.ts[:j] >= self.ts[j] - settings.recurrence_window) & (self.ts[:j] <= self.ts[j])
             recurring = (scores >= settings.recurrence_threshold) & in_window
             recurrence += int(recurring.sum() + self.dropped_onto[:j][recurring].sum())
@@ -128,8 +130,10 @@ class BatchSignals:
             row = int(current.argmax())
             if current[row] > repeat:
                 repeat, repeat_id = float(current[row]), self.ids[row]
+            if same is None:
+                identical = np.flatnonzero((self.hash_of[:j] == self.hash_of[j]) & (current > -np.inf))
+                same = self.ids[int(identical[0])] if len(identical) else None
 
-        same = self.current_hashes.get(content_hash)
         duplicate = same is not None or repeat >= settings.duplicate_threshold
         volatility = _volatility(item, self.history, settings.volatility_window)
         if item.key is not None:  # later items of the batch see this one as history
@@ -159,20 +163,15 @@ class BatchSignals:
                 else:
                     self.dropped_onto[target] += 1
             return
-        self.indexed[j] = route.indexed
+        self.kept[j] = True
         if not current:
             self.current_until[j] = j
-        elif not route.indexed:
-            self.current_hashes[signals.content_hash] = self.ids[j]
         if supersedes is not None:
             row = self.row_of.get(supersedes)
             if row is None:
                 self.superseded.add(supersedes)
             else:
                 self.current_until[row] = j
-            stale = [h for h, item_id in self.current_hashes.items() if item_id == supersedes]
-            for h in stale:
-                del self.current_hashes[h]
 
 
 def _trainable_text(item: Item) -> str:

@@ -148,7 +148,8 @@ def test_auto_index_becomes_ivf_past_its_threshold_and_still_finds_everything():
     index.remove(ids[:10])
     index.add(ids[AUTO_THRESHOLD - 1:AUTO_THRESHOLD + 40], vectors[AUTO_THRESHOLD - 1:AUTO_THRESHOLD + 40])
     assert index.kind == "ivf"
-    assert index.trained_size == AUTO_THRESHOLD + 40 - 10
+    # trained the moment it held AUTO_THRESHOLD vectors (mid-batch), on exactly those; the rest added after
+    assert index.trained_size == AUTO_THRESHOLD and len(index) == AUTO_THRESHOLD + 40 - 10
     kept = slice(10, AUTO_THRESHOLD + 40)
     np.testing.assert_array_equal(top1(index, vectors[kept]), ids[kept])
     _, found = index.search(vectors[:10], 5)
@@ -166,7 +167,7 @@ def test_auto_index_retrains_after_growing_retrain_growth_times():
         if index.kind == "ivf" and first_nlist is None:
             first_size, first_nlist = index.trained_size, index.inner.nlist
     assert first_size == AUTO_THRESHOLD
-    assert index.trained_size >= RETRAIN_GROWTH * first_size, "it retrained once it held 4x its training set"
+    assert index.trained_size == RETRAIN_GROWTH * first_size, "it retrained once it held 4x its training set"
     assert index.inner.nlist > first_nlist, "a retrained index has more clusters for more vectors"
     assert len(index) == n
     np.testing.assert_array_equal(top1(index, vectors), ids)
@@ -182,4 +183,21 @@ def test_auto_index_loaded_from_file_does_not_retrain_on_every_add(tmp_path):
     assert loaded.kind == "ivf"
     nlist = loaded.inner.nlist
     loaded.add(np.array([10**6]), unit_vectors(1, seed=10))
-    assert loaded.inner.nlist == nlist and loaded.trained_size == index.trained_size
+    assert loaded.inner.nlist == nlist
+    assert loaded.trained_size == len(index), "unknown training size: taken as the size it was saved at"
+    told = AutoIndex.load(tmp_path / "auto.faiss", ivf_threshold=AUTO_THRESHOLD, trained_size=index.trained_size)
+    assert told.trained_size == index.trained_size == AUTO_THRESHOLD
+
+
+def test_auto_index_trains_on_the_same_vectors_however_they_arrive():
+    """One big add (a rebuild) and many small ones (live ingestion) give the same IVF index."""
+    n = RETRAIN_GROWTH * AUTO_THRESHOLD + 77
+    vectors, ids = unit_vectors(n, seed=11), np.arange(n, dtype=np.int64)
+    at_once, in_batches = make_auto(), make_auto()
+    at_once.add(ids, vectors)
+    for start in range(0, n, 37):
+        in_batches.add(ids[start:start + 37], vectors[start:start + 37])
+    assert at_once.trained_size == in_batches.trained_size == RETRAIN_GROWTH * AUTO_THRESHOLD
+    queries = unit_vectors(50, seed=12)
+    for got, want in zip(at_once.search(queries, 10), in_batches.search(queries, 10)):
+        np.testing.assert_array_equal(got, want)

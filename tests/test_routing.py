@@ -394,3 +394,46 @@ def test_personal_data_in_a_probe_keeps_an_item_out_of_shared_weights(open_store
     mem.close()
     assert rows(mem.folder, "SELECT train_scope FROM queue WHERE item_id = ?", [record.id]) == [("user:alice",)]
     assert json.loads(rows(mem.folder, "SELECT signals FROM items WHERE id = ?", [record.id])[0][0])["pii"] == ["email"]
+
+
+SKILLS_TRAIN = """\
+version: 1
+name: skills-train
+signals: {recurrence_threshold: 0.8, duplicate_threshold: 0.995}
+rules:
+  - {name: repeats, when: {duplicate: true}, route: drop}
+  - {name: skills, when: {kind: [skill]}, route: train}
+default: index
+"""
+
+
+def test_train_only_items_count_for_novelty_duplicates_and_recurrence(open_store, tmp_path):
+    """Items outside the recall index (train-only) are still existing items: a paraphrase of one is not
+    novel and recurs, an exact repeat is a duplicate, and none of them is ever recalled."""
+    policy = tmp_path / "skills.yaml"
+    policy.write_text(SKILLS_TRAIN)
+    mem = open_store(policy)
+    first = mem.observe(Item(text="Greet the customer by name, then answer the question.", kind="skill", ts=T0))
+    again = mem.observe(Item(text="Greet the customer by their name and then answer the question.", kind="skill",
+                             ts=T0 + timedelta(hours=1)))
+    repeat = mem.observe(Item(text=first.item.text, kind="skill", ts=T0 + timedelta(hours=2)))
+    assert (first.route, again.route, repeat.route) == ("train", "train", "drop")
+    signals = mem.explain(again.id).signals
+    assert signals["novelty"] < 0.2 and signals["recurrence"] == 2
+    assert mem.explain(repeat.id).signals["duplicate_of"] == first.id
+    assert mem.recall("how to greet a customer", k=5) == [], "train-only items are not recalled"
+    assert mem.check() == []
+    mem.close()
+    for damage in (None, "index"):  # from the checkpoint, then rebuilt from DuckDB
+        if damage:
+            import shutil
+
+            shutil.rmtree(mem.folder / damage)
+        reopened = open_store(policy)
+        assert reopened.check() == [] and len(reopened.view.shadow_items) == 2
+        third = reopened.observe(Item(text="Greet customers by name before you answer.", kind="skill",
+                                      ts=T0 + timedelta(hours=3)))
+        # itself, the two skills, and the exact repeat that was dropped (dropped repeats count as recurrences)
+        assert reopened.explain(third.id).signals["recurrence"] == 4
+        reopened.forget(third.id)
+        reopened.close()
