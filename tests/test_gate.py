@@ -265,3 +265,6 @@ def test_the_report_holds_its_figures(tmp_path, embedder, tiny):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, figure
         assert f'src="{figure}"' in text
     assert "<td>v2</td>" in text and "Accuracy matrix across rounds" in text
+    # The gate's checks are shown against the policy's thresholds (GATE above), in the checks' own units.
+    assert "<th>threshold</th>" in text and "≥ 80%" in text and "≤ 5 pt" in text and "≤ 50%" in text
+    assert text.count('class="pass"') + text.count('class="fail"') >= 7, "a row per check of v1 and v2"
