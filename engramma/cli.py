@@ -488,14 +488,30 @@ def adapters_show(store: Store, version: Annotated[str, typer.Argument(help="Ada
 def adapters_promote(
     store: Store,
     version: Annotated[str, typer.Argument(help="Adapter version, e.g. v3.")],
-    reason: Annotated[Optional[str], typer.Option(help="Why, for the registry (needed to promote a rejected version).")] = None,
+    reason: Annotated[Optional[str], typer.Option(
+        help="Why, for the registry: needed to promote a version the gate rejected.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Base model to evaluate a never-gated candidate with (default: the one it was trained on).")] = None,
 ) -> None:
-    """Make VERSION the active adapter of its scope (the one it replaces is retired)."""
-    from engramma.updater import registry
-    from engramma.updater.gate import settle_index
+    """Make VERSION the active adapter of its scope (the one it replaces is retired). A candidate that was
+    never gated (`consolidate --no-gate`) is evaluated and gated first: no adapter reaches an agent unmeasured."""
+    from engramma.updater import load_model, registry
+    from engramma.updater.gate import gate, settle_index
+    from engramma.updater.registry import AdapterError, AdapterStatus
 
     db = _registry(store)
     try:
+        with db.transaction() as con:
+            adapter = registry.get(con, store, version)
+        if adapter.status is AdapterStatus.CANDIDATE and "gate" not in adapter.metrics:
+            verdict = gate(db, load_model(model or adapter.base_model), version)
+            for check in verdict.checks:
+                typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+            if verdict.decision == "promoted":
+                typer.echo(f"{version} passed the gate and is now the active adapter of {adapter.train_scope}")
+                return
+            if verdict.decision == "rejected" and reason is None:
+                raise AdapterError(f"{version} failed the gate and was rejected; promote it anyway with --reason")
         with db.transaction() as con:
             previous = registry.promote(con, store, version, _now(), note=reason)
             scope = registry.get(con, store, version).train_scope

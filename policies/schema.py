@@ -186,6 +186,8 @@ class GateSettings(Strict):
     min_new_accuracy: float = Field(0.8, ge=0, le=1)  # share of the round's new items the candidate must know
     max_retention_drop: float = Field(0.05, ge=0, le=1)  # accuracy on earlier rounds' items, vs the parent
     max_perplexity_increase: float = Field(0.10, ge=0)  # on general text, relative to the parent
+    # earlier rounds' items that have no probe: perplexity of their completions, relative to the parent
+    max_retention_perplexity_increase: float = Field(0.25, ge=0)
     min_items: int = Field(1, ge=1)  # fewer new items than this: too little to judge, rejected
     promote: Literal["auto", "manual"] = "auto"  # manual: record the verdict, leave the candidate for a person
     retention_cap: int = Field(200, ge=1)  # earlier items probed per gate run (a stratified sample per round)

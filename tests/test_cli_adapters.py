@@ -29,8 +29,11 @@ def test_consolidate_then_list_show_promote_rollback_audit_and_report(tmp_path, 
     assert listed.returncode == 0 and "v1\tglobal\tcandidate" in listed.stdout
     shown = json.loads(engramma("adapters", "show", store, "v1", "--json").stdout)
     assert shown["lineage"] == {"new": 6} and shown["items_new"] == 6 and shown["base_model_hash"]
+    # Never gated (--no-gate): promoting it measures it first, on the base model it was trained on.
     promoted = engramma("adapters", "promote", store, "v1")
-    assert promoted.returncode == 0 and "v1 is now the active adapter of global" in promoted.stdout
+    assert promoted.returncode == 0, promoted.stderr
+    assert "pass  new_accuracy" in promoted.stdout and "v1 passed the gate and is now the active adapter of global" \
+        in promoted.stdout
     assert json.loads(engramma("adapters", "list", store, "--json").stdout)[0]["status"] == "active"
     assert_clean_error(engramma("adapters", "promote", store, "v1"), "already the active adapter")
     assert_clean_error(engramma("adapters", "show", store, "v9"), "no adapter 'v9'", "the versions are v1")
@@ -49,6 +52,18 @@ def test_consolidate_then_list_show_promote_rollback_audit_and_report(tmp_path, 
     assert [(a["version"], a["role"], a["status"]) for a in audit["adapters"]] == [
         ("v1", "new", "active"), ("v2", "replay", "retired")]
     assert_clean_error(engramma("audit", store, "999"), "no item 999")
+
+    last = tmp_path / "last.jsonl"
+    last.write_text("\n".join(json.dumps(f.to_dict()) for f in tiny_lm.colour_facts(tiny_lm.TAUGHT[12:15], seed=0)))
+    engramma("ingest", store, last)
+    assert engramma("consolidate", store, "--model", tiny_model_path, "--no-gate").returncode == 0
+    rejected = engramma("adapters", "reject", store, "v3", "--reason", "not this week")
+    assert rejected.returncode == 0 and "v3 rejected (not this week)" in rejected.stdout
+    assert_clean_error(engramma("adapters", "promote", store, "v3"), "needs --reason")
+    merged = engramma("adapters", "merge", store, "v1", "v2", "--method", "linear", "--model", tiny_model_path)
+    assert merged.returncode == 0, merged.stderr
+    assert "merged v1, v2 (linear) into v4" in merged.stdout and "pass  items: 12 merged item(s)" in merged.stdout
+    assert_clean_error(engramma("adapters", "merge", store, "v1", "--model", tiny_model_path), "two or more")
     report = engramma("report", store, "--out", tmp_path / "report")
     assert report.returncode == 0 and (tmp_path / "report" / "index.html").is_file()
 

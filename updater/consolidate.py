@@ -131,6 +131,11 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
             parent = registry.get(con, folder, rebuild[0][0]) if rebuild[0][0] else None
         else:
             parent = registry.active(con, folder, job.train_scope)
+            if parent is not None and parent.tainted:  # never continue weights that saw forgotten items
+                from engramma.updater.unlearn import clean_ancestor
+
+                clean = clean_ancestor(con, folder, parent.version)
+                parent = registry.get(con, folder, clean) if clean else None
         stacked = registry.active(con, folder, GLOBAL) if job.train_scope != GLOBAL else None
         jobs.start(con, job, parent=parent.version if parent else None, now=now,
                    config={"policy": policy.content_hash})
@@ -227,8 +232,6 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
             if forgotten:  # learned something that must be unlearned: never promote it as it is
                 con.execute("UPDATE adapters SET tainted = true WHERE version = ?", [version])
             jobs.finish(con, job, version=version, now=now)
-            con.execute("DELETE FROM retrain_requests WHERE train_scope = ? AND from_version IS NOT DISTINCT FROM ?",
-                        [plan["train_scope"], plan["parent"]])
             con.execute("UPDATE adapters SET job_id = ? WHERE version = ?", [job.job_id, version])
             update_reservoir(con, plan["train_scope"], [i for i in plan["new"] if i not in forgotten],
                              settings.reservoir_size, settings.training.seed)

@@ -2,7 +2,7 @@
 
 An item's probe is its `probe` (question and expected answer) when it has one, else its own demonstration
 (prompt and response); an item with neither is measured by the log-likelihood of its training completion.
-An answer is right when the normalised expected answer appears in the normalised generation.
+An answer is right when the normalised expected answer appears in the normalised generation, as whole words.
 """
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ def generate(model, tokenizer, prompts: list[str], *, system: str | None = None,
 
 
 def answer_matches(expected: str, answer: str) -> bool:
+    """The normalised expected answer is the answer, or appears in it as whole words ("red" is not in "bored")."""
     want = normalise(expected)
-    return bool(want) and (want == normalise(answer) or want in normalise(answer))
+    return bool(want) and f" {want} " in f" {normalise(answer)} "
 
 
 def run_probes(model, tokenizer, items: dict[int, Item], *, max_new_tokens: int = 32) -> list[ProbeResult]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -65,22 +66,34 @@ class GateReport:
 
 def judge(metrics: dict, settings: GateSettings, *, tainted: bool = False) -> tuple[Check, ...]:
     """The gate's checks on measured `metrics` (see `evaluate`)."""
-    checks = [Check("items", metrics["new_items"], settings.min_items, metrics["new_items"] >= settings.min_items,
-                    f"{metrics['new_items']} new item(s), at least {settings.min_items} needed")]
+    # A merge learned its items in other rounds; it is judged on how many it brings, new to its chain or not.
+    merged = metrics.get("merged_items", 0)
+    count, what = (merged, "merged") if merged else (metrics["new_items"], "new")
+    checks = [Check("items", count, settings.min_items, count >= settings.min_items,
+                    f"{count} {what} item(s), at least {settings.min_items} needed")]
     if metrics["new_probed"]:
         acc = metrics["new_accuracy"]
         checks.append(Check("new_accuracy", acc, settings.min_new_accuracy, acc >= settings.min_new_accuracy,
                             f"answers {acc:.0%} of the {metrics['new_probed']} new probes "
                             f"(parent {metrics['parent_new_accuracy']:.0%}, base {metrics['base_new_accuracy']:.0%})"))
-    elif metrics["new_items"]:  # no probes: the new completions must at least have become likelier
+    if metrics.get("new_unprobed"):  # no probes: the new completions must at least have become likelier
         gain = metrics["new_logprob"] - metrics["parent_new_logprob"]
         checks.append(Check("new_likelihood", gain, 0.0, gain > 0,
-                            f"mean log-probability of the new completions rose by {gain:.3f} over the parent"))
+                            f"mean log-probability of the {metrics['new_unprobed']} unprobed new completions "
+                            f"rose by {gain:.3f} over the parent"))
     if metrics["earlier_probed"]:
         drop = metrics["parent_retention"] - metrics["retention"]
+        base = metrics.get("base_retention")
         checks.append(Check("retention_drop", drop, settings.max_retention_drop, drop <= settings.max_retention_drop,
                             f"earlier rounds: {metrics['retention']:.0%} vs the parent's "
-                            f"{metrics['parent_retention']:.0%} on {metrics['earlier_probed']} probes"))
+                            f"{metrics['parent_retention']:.0%} on {metrics['earlier_probed']} probes"
+                            + (f" (base {base:.0%})" if base is not None else "")))
+    if metrics.get("earlier_unprobed"):  # earlier items without a probe: their completions must stay likely
+        rise = math.exp(metrics["parent_retention_logprob"] - metrics["retention_logprob"]) - 1
+        limit = settings.max_retention_perplexity_increase
+        checks.append(Check("retention_perplexity_increase", rise, limit, rise <= limit,
+                            f"earlier rounds' {metrics['earlier_unprobed']} unprobed completions: perplexity "
+                            f"{rise:+.1%} vs the parent"))
     rise = metrics["perplexity"] / metrics["parent_perplexity"] - 1
     checks.append(Check("perplexity_increase", rise, settings.max_perplexity_increase,
                         rise <= settings.max_perplexity_increase,
@@ -175,17 +188,19 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
         stacked_on = candidate.config.get("stacked_on")
         stacked = registry.get(con, folder, stacked_on) if stacked_on else None
         chain = list(reversed(registry.ancestors(con, version)))  # oldest first, the candidate last
-        first_new = dict(con.execute(  # item -> the earliest round of the chain that learned it as new
+        # item -> the earliest round of the chain that learned it (as new, or through a merge: a merge's own
+        # round holds the items its sources learned outside this chain). Only current items count: a value
+        # superseded since is no longer what the adapter should answer.
+        now = datetime.now(timezone.utc)
+        first_learned = dict(con.execute(
             "SELECT l.item_id, min(CAST(substr(l.adapter_version, 2) AS INTEGER)) FROM lineage l JOIN items i "
-            "ON i.id = l.item_id WHERE l.role = 'new' AND l.adapter_version IN (SELECT unnest(?)) "
-            "AND i.status = 'kept' GROUP BY ALL", [chain]).fetchall())
-        task_of = {item_id: f"v{n}" for item_id, n in first_new.items()}
+            "ON i.id = l.item_id WHERE l.role IN ('new', 'merged') AND l.adapter_version IN (SELECT unnest($chain)) "
+            "AND i.status = 'kept' AND (i.valid_to IS NULL OR i.valid_to > $now) GROUP BY ALL",
+            {"chain": chain, "now": naive_utc(now)}).fetchall())
+        task_of = {item_id: f"v{n}" for item_id, n in first_learned.items()}
         new_ids = [i for i, t in task_of.items() if t == version]
-        new_ids += [r[0] for r in con.execute(  # a merged adapter learned its items under other versions
-            "SELECT item_id FROM lineage l JOIN items i ON i.id = l.item_id WHERE l.adapter_version = ? "
-            "AND l.role = 'merged' AND i.status = 'kept'", [version]).fetchall() if r[0] not in task_of]
-        for item_id in new_ids:
-            task_of.setdefault(item_id, version)
+        merged_items = scalar(con, "SELECT count(*) FROM lineage WHERE adapter_version = ? AND role = 'merged'",
+                              [version])
         earlier_rows = [(i, t) for i, t in task_of.items() if t != version]
         evicted = {r[0] for r in con.execute(
             "SELECT id FROM items WHERE status = 'kept' AND NOT in_index AND after_consolidation = 'evict' "
@@ -209,16 +224,19 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
     try:
         scored: dict[str, dict[int, tuple[bool | None, float]]] = {}
         ppl: dict[str, float] = {}
-        for which, ids in (("candidate", new_ids + earlier_ids), ("parent", new_ids + earlier_ids), ("base", new_ids)):
+        probed_items = {i: items[i] for i in new_ids + earlier_ids if i in items}
+        for which in ("candidate", "base") + (("parent",) if parent is not None else ()):
             with models.use(which) as model:
-                scored[which] = score_items(model, lm.tokenizer, {i: items[i] for i in ids if i in items},
-                                            max_length=max_length)
+                scored[which] = score_items(model, lm.tokenizer, probed_items, max_length=max_length)
                 ppl[which] = perplexity(model, lm.tokenizer, general)
+        if parent is None:  # the first version's parent is the base model: measured once
+            scored["parent"], ppl["parent"] = scored["base"], ppl["base"]
     finally:
         models.close()
 
     now = datetime.now(timezone.utc)
     evaluated_as = {"candidate": version, "parent": parent.version if parent else None, "base": "base"}
+    kept_only = "JOIN items i ON i.id = p.item_id AND i.status = 'kept'"  # forgotten items leave the matrix
     with store.transaction() as con:
         for which, results in scored.items():
             name = evaluated_as[which]
@@ -230,12 +248,13 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
                         [name, ids, [task_of.get(i) for i in ids], [results[i][0] for i in ids],
                          [results[i][1] for i in ids], naive_utc(now)])
         matrix = {(e, t): acc for e, t, acc in con.execute(
-            "SELECT evaluated, task, avg(CAST(correct AS INTEGER)) FROM probe_results WHERE correct IS NOT NULL "
-            "AND evaluated IN (SELECT unnest($chain)) AND task IN (SELECT unnest($chain)) GROUP BY ALL",
-            {"chain": chain}).fetchall()}
+            f"SELECT p.evaluated, p.task, avg(CAST(p.correct AS INTEGER)) FROM probe_results p {kept_only} "
+            "WHERE p.correct IS NOT NULL AND p.evaluated IN (SELECT unnest($chain)) "
+            "AND p.task IN (SELECT unnest($chain)) GROUP BY ALL", {"chain": chain}).fetchall()}
         base = dict(con.execute(
-            "SELECT task, avg(CAST(correct AS INTEGER)) FROM probe_results WHERE evaluated = 'base' "
-            "AND correct IS NOT NULL AND task IN (SELECT unnest(?)) GROUP BY ALL", [chain]).fetchall())
+            f"SELECT p.task, avg(CAST(p.correct AS INTEGER)) FROM probe_results p {kept_only} "
+            "WHERE p.evaluated = 'base' AND p.correct IS NOT NULL AND p.task IN (SELECT unnest(?)) GROUP BY ALL",
+            [chain]).fetchall())
 
     def accuracy(which: str, ids: list[int]) -> float | None:
         marks = [scored[which][i][0] for i in ids if i in scored[which] and scored[which][i][0] is not None]
@@ -245,16 +264,23 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
         values = [scored[which][i][1] for i in ids if i in scored[which]]
         return sum(values) / len(values) if values else None
 
-    probed_new = [i for i in new_ids if i in scored["candidate"] and scored["candidate"][i][0] is not None]
-    probed_earlier = [i for i in earlier_ids if i in scored["candidate"] and scored["candidate"][i][0] is not None]
+    def probed(ids: list[int], with_probe: bool) -> list[int]:
+        return [i for i in ids if i in scored["candidate"] and (scored["candidate"][i][0] is not None) == with_probe]
+
+    unprobed_new, unprobed_earlier = probed(new_ids, False), probed(earlier_ids, False)
     return {
         "evaluated_at": now.isoformat(), "chain": chain,
-        "new_items": len(new_ids), "new_probed": len(probed_new),
+        "new_items": len(new_ids), "new_probed": len(probed(new_ids, True)), "merged_items": merged_items,
         "new_accuracy": accuracy("candidate", new_ids), "parent_new_accuracy": accuracy("parent", new_ids),
         "base_new_accuracy": accuracy("base", new_ids),
-        "new_logprob": logprob("candidate", new_ids), "parent_new_logprob": logprob("parent", new_ids),
-        "earlier_probed": len(probed_earlier), "evicted_checked": len(evicted),
+        # items without a probe are judged by the log-likelihood of their completions
+        "new_unprobed": len(unprobed_new), "new_logprob": logprob("candidate", unprobed_new),
+        "parent_new_logprob": logprob("parent", unprobed_new),
+        "earlier_probed": len(probed(earlier_ids, True)), "evicted_checked": len(evicted),
         "retention": accuracy("candidate", earlier_ids), "parent_retention": accuracy("parent", earlier_ids),
+        "base_retention": accuracy("base", earlier_ids),
+        "earlier_unprobed": len(unprobed_earlier), "retention_logprob": logprob("candidate", unprobed_earlier),
+        "parent_retention_logprob": logprob("parent", unprobed_earlier),
         "perplexity": ppl["candidate"], "parent_perplexity": ppl["parent"], "base_perplexity": ppl["base"],
         "general_texts": len(general),
         "matrix": {f"{e}|{t}": a for (e, t), a in sorted(matrix.items())},

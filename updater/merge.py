@@ -33,6 +33,10 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
     folder = store.folder
     with store.transaction() as con:
         sources = [registry.get(con, folder, v) for v in versions]
+        tainted = [s.version for s in sources if s.tainted]
+        if tainted:
+            raise AdapterError(f"merge refused: {', '.join(tainted)} saw items that were forgotten since (tainted); "
+                               "a merge would carry them on")
         bases = {s.base_model_hash for s in sources}
         if len(bases) > 1:
             raise AdapterError(f"merge: the versions were trained on different base models ({sorted(map(str, bases))})")

@@ -116,6 +116,22 @@ def active(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: str)
     return _row(store_folder, rows[0]) if rows else None
 
 
+def descendants(con, versions: list[str]) -> list[str]:
+    """`versions` and every version built on one of them: trained on from it (parent), or merged from it."""
+    built_on: dict[str, list[str]] = {}
+    for version, parent, config in con.execute("SELECT version, parent, config FROM adapters").fetchall():
+        for source in [parent, *(json.loads(config or "{}").get("merged_from") or [])]:
+            if source is not None:
+                built_on.setdefault(source, []).append(version)
+    found, todo = dict.fromkeys(versions), list(versions)
+    while todo:
+        for child in built_on.get(todo.pop(), []):
+            if child not in found:
+                found[child] = None
+                todo.append(child)
+    return list(found)
+
+
 def ancestors(con, version: str | None) -> list[str]:
     """`version` and its parents, newest first."""
     chain = []
@@ -125,10 +141,18 @@ def ancestors(con, version: str | None) -> list[str]:
     return chain
 
 
+def usable(adapter: AdapterVersion) -> bool:
+    """Can be made active: untainted, and its folder is there and complete."""
+    return not adapter.tainted and (adapter.path / "adapter_config.json").is_file()
+
+
 def set_status(con: duckdb.DuckDBPyConnection, version: str, status: AdapterStatus, now: datetime,
                note: str | None = None) -> None:
-    con.execute("UPDATE adapters SET status = ?, status_changed_at = ?, note = coalesce(?, note) WHERE version = ?",
-                [status.value, naive_utc(now), note, version])
+    # Notes accumulate ("tainted ...; rolled back ..."): the row tells its whole story.
+    con.execute("UPDATE adapters SET status = $status, status_changed_at = $now, "
+                "note = CASE WHEN $note IS NULL THEN note WHEN note IS NULL THEN $note ELSE note || '; ' || $note END "
+                "WHERE version = $version",
+                {"status": status.value, "now": naive_utc(now), "note": note, "version": version})
 
 
 def promote(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, now: datetime,
@@ -140,14 +164,19 @@ def promote(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, no
     if adapter.status is AdapterStatus.REJECTED and note is None:
         raise AdapterError(f"{version} was rejected ({adapter.note or 'by hand'}); promoting it needs --reason")
     if adapter.tainted:
-        raise AdapterError(f"{version} is tainted (it saw items that were forgotten since) and cannot be promoted")
-    if not (adapter.path / "adapter_config.json").is_file():
+        raise AdapterError(f"{version} is tainted (it, or a version it was built on, saw items that were forgotten "
+                           "since) and cannot be promoted")
+    if not usable(adapter):
         raise AdapterError(f"{version}: its folder {adapter.path} is missing or incomplete; it cannot be promoted")
     previous = active(con, store_folder, adapter.train_scope)
     if previous is not None:
         set_status(con, previous.version, AdapterStatus.RETIRED, now)
     set_status(con, version, AdapterStatus.ACTIVE, now, note)
     con.execute("UPDATE adapters SET replaced = ? WHERE version = ?", [previous.version if previous else None, version])
+    # A rebuild after unlearning is done once one built from the clean ancestor is in use: not when it is
+    # trained (the gate may reject it, and the next round must rebuild again rather than continue the tainted).
+    con.execute("DELETE FROM retrain_requests WHERE train_scope = ? AND from_version IS NOT DISTINCT FROM ?",
+                [adapter.train_scope, adapter.parent])
     return previous
 
 
@@ -171,7 +200,7 @@ def rollback(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: st
     while previous is not None and previous not in seen:
         seen.add(previous)
         candidate = get(con, store_folder, previous)
-        if not candidate.tainted and (candidate.path / "adapter_config.json").is_file():
+        if usable(candidate):
             target = candidate
             break
         previous = scalar(con, "SELECT replaced FROM adapters WHERE version = ?", [previous])

@@ -1,6 +1,7 @@
 """Forgetting reaches the weights. Lineage says which adapters saw a forgotten item (as new or replayed); they
-are marked tainted, and the policy's `gate.on_forget` says what happens next in each scope whose active
-adapter is tainted:
+are marked tainted, and so is every version built on one of them (trained on from it, or merged from it:
+its weights carry what they learned). The policy's `gate.on_forget` says what happens next in each scope
+whose active adapter is tainted:
 
 - rollback: the latest untainted ancestor becomes active at once (or none: the base model), the tainted one is
   retired;
@@ -20,10 +21,11 @@ from engramma.updater import registry
 from engramma.updater.registry import AdapterStatus
 
 
-def clean_ancestor(con, version: str) -> str | None:
-    """The newest untainted version among `version`'s parents (None: the base model)."""
+def clean_ancestor(con, store_folder: Path, version: str) -> str | None:
+    """The newest of `version`'s parents that can be made active: untainted, its folder whole (None: the base
+    model)."""
     for parent in registry.ancestors(con, version)[1:]:
-        if not con.execute("SELECT tainted FROM adapters WHERE version = ?", [parent]).fetchall()[0][0]:
+        if registry.usable(registry.get(con, store_folder, parent)):
             return parent
     return None
 
@@ -34,28 +36,34 @@ def unlearn(con, store_folder: Path, item_ids: list[int], mode: str, now: dateti
     scopes rolled back."""
     from engramma.updater.gate import settle_index
 
-    tainted = [r[0] for r in con.execute(
+    saw = [r[0] for r in con.execute(
         "SELECT DISTINCT adapter_version FROM lineage WHERE item_id IN (SELECT unnest(?))", [item_ids]).fetchall()]
-    if not tainted:
+    if not saw:
         return {}
+    tainted = registry.descendants(con, saw)
+    stamp = f"tainted {now:%Y-%m-%d %H:%M}"
+    con.execute("UPDATE adapters SET tainted = true, note = coalesce(note || '; ', '') || ? "
+                "WHERE version IN (SELECT unnest(?)) AND NOT tainted", [f"{stamp}: saw forgotten items", saw])
     con.execute("UPDATE adapters SET tainted = true, note = coalesce(note || '; ', '') || ? "
                 "WHERE version IN (SELECT unnest(?)) AND NOT tainted",
-                [f"tainted {now:%Y-%m-%d %H:%M}: saw forgotten items", tainted])
+                [f"{stamp}: built on a version that saw forgotten items", tainted])
     rolled: dict[str, str | None] = {}
     for scope, active in con.execute("SELECT train_scope, version FROM adapters WHERE status = 'active' "
                                      "AND version IN (SELECT unnest(?)) ORDER BY 1", [tainted]).fetchall():
-        clean = clean_ancestor(con, active)
+        clean = clean_ancestor(con, store_folder, active)
         if mode in ("retrain", "both"):
             lineage = registry.ancestors(con, active)  # the tainted versions down to the clean ancestor
             chain = lineage[:lineage.index(clean)] if clean in lineage else lineage
             con.execute("INSERT OR REPLACE INTO retrain_requests VALUES (?, ?, ?, ?)",
                         [scope, clean, naive_utc(now), f"{active} saw forgotten items {sorted(item_ids)[:10]}"])
-            # Their other items go back to the queue, to be learned again without the forgotten ones.
+            # What those versions learned (as new, or through a merge) goes back to the queue, to be learned
+            # again without the forgotten items.
             con.execute(
                 "UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
-                "WHERE status = 'done' AND adapter_version IN (SELECT unnest(?)) AND item_id IN "
-                "(SELECT id FROM items WHERE status = 'kept' AND (valid_to IS NULL OR valid_to > ?))",
-                [chain, naive_utc(now)])
+                "WHERE status = 'done' AND item_id IN (SELECT item_id FROM lineage WHERE role IN ('new', 'merged') "
+                "AND adapter_version IN (SELECT unnest($chain))) AND item_id IN "
+                "(SELECT id FROM items WHERE status = 'kept' AND (valid_to IS NULL OR valid_to > $now))",
+                {"chain": chain, "now": naive_utc(now)})
         if mode in ("rollback", "both"):
             registry.set_status(con, active, AdapterStatus.RETIRED, now, note="rolled back: saw forgotten items")
             if clean is not None:
