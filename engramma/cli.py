@@ -378,6 +378,9 @@ def consolidate_command(
         min=5, help="Seconds a claim on queued items lasts without renewal (a crashed job's items return after it).")] = 600.0,
     no_gate: Annotated[bool, typer.Option(
         "--no-gate", help="Leave new versions as candidates instead of evaluating, promoting or rejecting them.")] = False,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Wall-clock budget: training stops between two steps when it runs out, and its items "
+                       "go back to the queue for the next run (default: no limit).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Train a new adapter version on the update queue, with replay, then gate it. Works under `accelerate launch`."""
@@ -388,7 +391,7 @@ def consolidate_command(
         raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
     accelerator = make_accelerator()  # several processes under `accelerate launch`: the main one reports
     results = consolidate(store, model=model, scope=scope, max_items=max_items, resume=resume, lease_seconds=lease,
-                          progress=not as_json, gate=not no_gate, accelerator=accelerator)
+                          progress=not as_json, gate=not no_gate, max_minutes=max_minutes, accelerator=accelerator)
     if not accelerator.is_main_process:
         return
     if as_json:
@@ -425,7 +428,7 @@ def _result_dict(r) -> dict:
                                                                  "perplexity", "parent_perplexity", "bwt", "fwt")}}
         out.update({name: getattr(r.report, name) for name in (
             "epochs", "steps", "tokens", "label_tokens", "padding_waste", "wall_s", "tokens_per_s", "peak_mem_mb",
-            "resumed_from_epoch")}, final_loss=r.report.losses[-1])
+            "resumed_from_epoch", "processes")}, final_loss=r.report.losses[-1])
     return out
 
 

@@ -4,6 +4,7 @@ Every model forbids unknown keys, so a typo is an error naming the key, never a 
 """
 from __future__ import annotations
 
+import enum
 import re
 from typing import Annotated, Literal
 
@@ -170,8 +171,18 @@ class TrainingSettings(Strict):
     seed: int = 0
 
 
+class ReplayName(str, enum.Enum):
+    """Replay strategies (updater/replay.py registers one object per name)."""
+
+    NONE = "none"
+    RANDOM = "random"
+    RESERVOIR = "reservoir"
+    RETRIEVAL = "retrieval"
+    MIR = "mir"
+
+
 class ConsolidationSettings(Strict):
-    replay: Literal["none", "random", "reservoir", "retrieval", "mir"] = "retrieval"
+    replay: ReplayName = ReplayName.RETRIEVAL
     replay_ratio: float = Field(1.0, ge=0)  # replayed examples per new example
     replay_budget: int = Field(512, ge=0)  # at most this many replayed examples per round
     neighbours: int = Field(4, ge=1)  # retrieval replay: nearest past examples per new item

@@ -56,11 +56,17 @@ def test_new_facts_are_learned_and_recorded(tmp_path, embedder, tiny):
     assert (result.status, result.version, result.parent, result.items_new) == ("trained", "v1", None, 20)
     assert accuracy_with(tiny, store, "v1", facts) >= 0.9
 
-    (version, status, scope, path, base, items_new, tokens, steps, tps, base_hash, policy_hash), = rows(
-        store, "SELECT version, status, train_scope, path, base_model, items_new, tokens, steps, tokens_per_s, "
-               "base_model_hash, policy_hash FROM adapters")
-    assert (version, status, scope, path, items_new) == ("v1", "candidate", "global", "adapters/v1", 20)
+    (version, status, scope, path, base, items_new, replayed, tokens, steps, tps, base_hash, policy_hash, wall_s,
+     peak_mb, config, parent), = rows(
+        store, "SELECT version, status, train_scope, path, base_model, items_new, items_replayed, tokens, steps, "
+               "tokens_per_s, base_model_hash, policy_hash, wall_s, peak_mem_mb, config, parent FROM adapters")
+    assert (version, status, scope, path, items_new, replayed, parent) == ("v1", "candidate", "global", "adapters/v1",
+                                                                           20, 0, None)
     assert tokens > 0 and steps == result.report.steps > 0 and tps > 0 and base_hash == tiny.fingerprint
+    assert base == tiny.model_id and 0 < wall_s == pytest.approx(result.report.wall_s) and peak_mb > 0
+    config = json.loads(config)
+    assert config["settings"]["lora"]["rank"] == 8 and config["replay_strategy"] == "retrieval"
+    assert config["processes"] == 1 and config["padding_waste"] < 0.10 and config["final_loss"] > 0
     assert policy_hash and (store / "adapters" / "v1" / "adapter_model.safetensors").is_file()
     assert sorted(rows(store, "SELECT item_id, role FROM lineage")) == [(i, "new") for i in sorted(facts)]
     assert rows(store, "SELECT DISTINCT status, adapter_version FROM queue") == [("done", "v1")]

@@ -3,6 +3,7 @@ SIGKILL gives its items back when its lease runs out or is resumed to the same r
 DDP run under `accelerate launch` matches one process."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -138,8 +139,61 @@ def test_two_process_ddp_matches_one_process(tmp_path, embedder, tiny_model_path
               "29517", "-m", "engramma.cli", "consolidate", str(two), "--model", str(tiny_model_path), "--no-gate", "--json"]
     done = subprocess.run(launch, capture_output=True, text=True, env=child_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert rows(two, "SELECT version, items_new FROM adapters") == [("v1", 10)]
+    # Two processes really trained together (accelerate can silently run each alone, or only one).
+    [result] = json.loads(done.stdout)
+    assert result["processes"] == 2, result
+    assert rows(two, "SELECT version, items_new, json_extract(config, '$.processes') FROM adapters") == [
+        ("v1", 10, "2")]
+    assert rows(one, "SELECT json_extract(config, '$.processes') FROM adapters") == [("1",)]
     a, b = adapter_weights(one), adapter_weights(two)
     for name in a:
         assert (a[name] - b[name]).abs().max() <= 1e-5, name
     assert max(float(t.abs().max()) for t in b.values()) > 1e-2, "the adapters really trained"
+
+
+STEALABLE = """
+    import sys
+    from engramma.updater import consolidate
+    from engramma.updater.consolidate import LeaseLost
+    try:
+        consolidate(sys.argv[1], model=sys.argv[2], lease_seconds=4, progress=False, gate=False)
+        print("recorded", flush=True)
+    except LeaseLost as e:
+        print("lost:", e, flush=True)
+"""
+
+
+def test_a_job_that_loses_its_items_to_another_job_records_nothing(tmp_path, embedder, spawn, tiny_model_path):
+    """A job paused past its lease (here: its items taken by hand, as another job would take expired ones)
+    must not record an adapter for items another job now trains."""
+    from engramma.memory.store import open_existing
+
+    store = make_store(tmp_path, embedder, 8, epochs=2000)
+    child = spawn(STEALABLE, store, tiny_model_path)
+    db = open_existing(store)  # takes turns with the child, as any engramma process does
+    try:
+        def claimed() -> int:
+            with db.transaction() as con:
+                return con.execute("SELECT count(*) FROM queue WHERE status = 'claimed'").fetchall()[0][0]
+
+        wait_for(lambda: claimed() == 8, what="a claim")
+        with db.transaction() as con:
+            con.execute("UPDATE queue SET lease_owner = 'job-thief' WHERE status = 'claimed'")
+    finally:
+        db.close()
+    assert child.wait(timeout=120) == 0, child.stderr_path.read_text()[-3000:]
+    assert child.stdout.read().startswith("lost: "), "the heartbeat noticed and stopped training"
+    assert rows(store, "SELECT count(*) FROM adapters") == [(0,)]
+    assert rows(store, "SELECT DISTINCT status, lease_owner FROM queue") == [("claimed", "job-thief")], \
+        "the other job's claims are left alone"
+
+
+def test_a_wall_clock_budget_stops_training_between_steps_and_requeues(tmp_path, embedder, tiny_model_path):
+    store = make_store(tmp_path, embedder, 8, epochs=2000)
+    started = time.monotonic()
+    [result] = consolidate(store, model=str(tiny_model_path), progress=False, gate=False, max_minutes=0.05)
+    assert time.monotonic() - started < 60
+    assert result.status == "stopped" and "budget ran out" in result.note and result.version is None
+    assert rows(store, "SELECT count(*) FROM adapters") == [(0,)]
+    assert rows(store, "SELECT DISTINCT status FROM queue") == [("pending",)], "its items wait for the next run"
+    assert not any((store / "adapters" / ".jobs").glob("*")), "no tokens left behind"

@@ -9,7 +9,6 @@ from engramma import Item, Memory, Probe
 from engramma.updater import DEFAULT_MODEL, ActiveAdapters, consolidate, load_model
 from engramma.updater.evaluate import probe_accuracy
 from engramma.updater.model import resolve_model
-from test_consolidate import promote
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +51,9 @@ def test_the_default_model_converts_once_and_learns_new_facts(tmp_path, embedder
         records = mem.observe_many([Item(text=t, kind="fact", source="docs", probe=Probe(q, a)) for t, q, a in FACTS])
     items = {r.id: r.item for r in records}
     before = probe_accuracy(lm.model, lm.tokenizer, items)
-    [result] = consolidate(tmp_path / "store", model=lm, progress=False)
+    [result] = consolidate(tmp_path / "store", model=lm, progress=False)  # trained, evaluated and gated
     assert result.status == "trained" and result.report.padding_waste < 0.10
-    promote(tmp_path / "store", result.version)
+    assert result.gate.decision == "promoted", [c.detail for c in result.gate.failed]
     running = ActiveAdapters(lm, tmp_path / "store")
     assert running.refresh()
     after = probe_accuracy(running.model, lm.tokenizer, items)

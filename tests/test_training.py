@@ -29,6 +29,12 @@ from test_consolidate import promote, rows
      "How long is the refund window?", "45 days"),
     (Item("Support hours are 9 to 5.", key="support_hours"), "What is the support hours?", "Support hours are 9 to 5."),
     (Item("The depot moved to Leeds.", kind="event"), None, "The depot moved to Leeds."),
+    (Item("Alice likes short answers.", kind="preference", scope="user:alice"),
+     "What should you keep in mind about how I like things done?", "Alice likes short answers."),
+    (Item("Never quote delivery dates.", kind="correction"),
+     "What did you get wrong before, and what is right?", "Never quote delivery dates."),
+    (Item("User: is the kettle back in stock?", kind="conversation"), None, "User: is the kettle back in stock?"),
+    (Item("Use pathlib for paths.", kind="document"), None, "Use pathlib for paths."),
 ])
 def test_each_item_becomes_the_pair_its_kind_and_fields_call_for(item, prompt, completion):
     example = example_for(7, item, "new")
@@ -146,16 +152,71 @@ def two_rounds(tmp_path, embedder, lm, *, replay="retrieval", kl=0.0, name="stor
     return store, second
 
 
-def test_kl_to_the_parent_changes_what_is_learned_from_replay(tmp_path, embedder, tiny):
-    from safetensors.torch import load_file
+def kl_to_parent_on_replay(lm, store) -> float:
+    """Mean KL(v1 || v2) per completion token over the examples v2 replayed: what kl_weight penalises."""
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
 
+    from engramma.updater.dataset import collate
+    from engramma.updater.gate import _items
+
+    with duckdb.connect(str(store / "engramma.duckdb"), read_only=True) as con:
+        replayed = [r[0] for r in con.execute("SELECT item_id FROM lineage WHERE adapter_version = 'v2' "
+                                               "AND role = 'replay' ORDER BY 1").fetchall()]
+        items = _items(con, replayed)
+    examples = [tokenize(example_for(i, items[i], "replay"), lm.tokenizer, 64) for i in replayed]
+    ids, mask, labels = collate(examples, lm.tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(lm.model, str(store / "adapters" / "v1"), adapter_name="v1")
+    model.load_adapter(str(store / "adapters" / "v2"), adapter_name="v2")
+    try:
+        with torch.no_grad():
+            logits = {}
+            for name in ("v1", "v2"):
+                model.set_adapter(name)
+                logits[name] = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    finally:
+        model.unload()
+    counted = labels[:, 1:] != IGNORE
+    kl = F.kl_div(F.log_softmax(logits["v2"], -1), F.log_softmax(logits["v1"], -1), log_target=True,
+                  reduction="none").sum(-1)
+    return float((kl * counted).sum() / counted.sum())
+
+
+def test_kl_to_the_parent_keeps_replayed_answers_close_to_the_parents(tmp_path, embedder, tiny):
     plain_store, plain = two_rounds(tmp_path, embedder, tiny, name="plain")
     kl_store, with_kl = two_rounds(tmp_path, embedder, tiny, kl=1.0, name="kl")
     assert plain.items_replayed == with_kl.items_replayed == 8
     assert np.isfinite(with_kl.report.losses).all()
-    a = load_file(str(plain_store / "adapters" / "v2" / "adapter_model.safetensors"))
-    b = load_file(str(kl_store / "adapters" / "v2" / "adapter_model.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-4
+    drift, held = kl_to_parent_on_replay(tiny, plain_store), kl_to_parent_on_replay(tiny, kl_store)
+    assert held < 0.8 * drift, (held, drift)
+
+
+def test_a_step_split_into_accumulated_micro_batches_gives_the_same_update(tiny, tmp_path):
+    """Loss is averaged over the step's completion tokens, however the step is split: batch 4 in one go and
+    2 x 2 accumulated train the same adapter."""
+    from safetensors.torch import load_file
+
+    from engramma.policies.schema import ConsolidationSettings
+    from engramma.updater.train import train_adapter
+
+    facts = tiny_lm.colour_facts(tiny_lm.TAUGHT[:8], seed=0)
+    examples = [tokenize(example_for(n, f, "new"), tiny.tokenizer, 64) for n, f in enumerate(facts)]
+
+    def run(batch: int, accumulation: int, name: str):
+        settings = ConsolidationSettings.model_validate({
+            "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+            "training": {"learning_rate": 3e-3, "epochs": 2, "batch_size": batch,
+                         "gradient_accumulation": accumulation, "warmup_ratio": 0.0, "seed": 0}})
+        report = train_adapter(tiny, examples, settings, tmp_path / name, progress=False)
+        return report, load_file(str(tmp_path / name / "adapter_model.safetensors"))
+
+    whole, a = run(4, 1, "whole")
+    split, b = run(2, 2, "split")
+    assert whole.steps == split.steps == 4
+    assert whole.losses == pytest.approx(split.losses, abs=1e-5)
+    for name in a:
+        assert (a[name] - b[name]).abs().max() <= 1e-5, name
 
 
 def test_mir_replay_runs_inside_consolidation(tmp_path, embedder, tiny):
@@ -194,3 +255,30 @@ def test_a_user_scope_adapter_trains_on_top_of_the_global_one(tmp_path, embedder
     bob.refresh()
     assert bob.versions == {"global": "v1"}, "bob never runs alice's adapter"
     assert probe_accuracy(bob.model, tiny.tokenizer, private_ids) <= 0.5
+
+
+def test_replay_stays_within_the_scope_it_trains(tmp_path, embedder, tiny):
+    """A user's second round replays that user's earlier items, never the shared scope's or another user's,
+    however close they are."""
+    store = tmp_path / "store"
+    policy = tiny_lm.facts_policy(tmp_path, epochs=20)
+    policy.write_text(policy.read_text().replace("train_scope: shared", "train_scope: own"))
+    as_scope = lambda facts, scope: [Item(text=f.text, kind="fact", scope=scope, probe=f.probe)  # noqa: E731
+                                     for f in facts]
+    with Memory.open(store, embedder=embedder, policy=policy) as mem:
+        shared = {r.id for r in mem.observe_many(tiny_lm.colour_facts(tiny_lm.TAUGHT[:6], seed=0))}
+        bobs = {r.id for r in mem.observe_many(as_scope(tiny_lm.colour_facts(tiny_lm.TAUGHT[6:12], seed=0),
+                                                        "user:bob"))}
+        alices = {r.id for r in mem.observe_many(as_scope(tiny_lm.colour_facts(tiny_lm.TAUGHT[12:16], seed=0),
+                                                          "user:alice"))}
+    consolidate(store, model=tiny, progress=False, gate=False)  # global, bob, alice: one version each
+    for version, in rows(store, "SELECT version FROM adapters ORDER BY version"):
+        promote(store, version)
+    with Memory.open(store, embedder=embedder) as mem:  # alice again, worded like everyone's facts
+        mem.observe_many(as_scope(tiny_lm.colour_facts(tiny_lm.TAUGHT[:3] + tiny_lm.TAUGHT[6:9], seed=5),
+                                  "user:alice"))
+    [second] = consolidate(store, model=tiny, progress=False, gate=False)
+    assert second.train_scope == "user:alice" and second.items_replayed > 0
+    replayed = {i for i, in rows(store, "SELECT item_id FROM lineage WHERE adapter_version = ? AND role = 'replay'",
+                                 [second.version])}
+    assert replayed <= alices and not replayed & (shared | bobs)

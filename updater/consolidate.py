@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engramma.errors import InvalidInput
+from engramma.errors import EngrammaError, InvalidInput
 from engramma.memory.memory import ITEM_COLUMNS, item_from_row, naive_utc, store_policy
 from engramma.memory.store import Store, open_existing, scalar
 from engramma.memory.types import Item, check_scope
@@ -33,7 +33,7 @@ from engramma.updater.dataset import TokenizedExample, example_for, tokenize
 from engramma.updater.gate import GateReport, gate as run_gate
 from engramma.updater.model import LanguageModel, load_model
 from engramma.updater.replay import ReplayRequest, select_replay
-from engramma.updater.train import TrainReport, interference, make_accelerator, train_adapter
+from engramma.updater.train import BudgetExceeded, TrainReport, interference, make_accelerator, train_adapter
 
 GLOBAL = "global"
 
@@ -70,15 +70,17 @@ def _vectors(con, ids: list[int]) -> np.ndarray:
     return vectors[[row[i] for i in ids]]
 
 
-def replay_pool(con, chain: list[str], exclude: list[int], now: datetime) -> list[int]:
-    """Items the adapters of `chain` learned (new or replayed) that are still kept and current."""
-    if not chain:
-        return []
+def replay_pool(con, train_scope: str, chain: list[str], exclude: list[int], now: datetime) -> list[int]:
+    """What may be replayed in `train_scope`, still kept and current: what the adapters of `chain` learned (new or
+    replayed), and what the policy queued for this scope and a consolidation learned before, in a version since
+    rejected, rolled back or off the chain (such items live on in the index alone). Items the policy never
+    queued for this scope are never in it: replay must not carry anything into weights the policy kept it from."""
     return [r[0] for r in con.execute(
-        "SELECT DISTINCT l.item_id FROM lineage l JOIN items i ON i.id = l.item_id "
-        "WHERE l.adapter_version IN (SELECT unnest($chain)) AND i.status = 'kept' "
-        "AND (i.valid_to IS NULL OR i.valid_to > $now) AND l.item_id NOT IN (SELECT unnest($exclude)) ORDER BY 1",
-        {"chain": chain, "now": naive_utc(now), "exclude": exclude or [-1]}).fetchall()]
+        "SELECT DISTINCT p.item_id FROM (SELECT item_id FROM lineage WHERE adapter_version IN (SELECT unnest($chain)) "
+        "UNION SELECT item_id FROM queue WHERE train_scope = $scope AND status = 'done') p "
+        "JOIN items i ON i.id = p.item_id WHERE i.status = 'kept' AND (i.valid_to IS NULL OR i.valid_to > $now) "
+        "AND p.item_id NOT IN (SELECT unnest($exclude)) ORDER BY 1",
+        {"chain": chain or [""], "scope": train_scope, "now": naive_utc(now), "exclude": exclude or [-1]}).fetchall()]
 
 
 def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed: int) -> None:
@@ -102,18 +104,26 @@ def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed
     con.execute("INSERT OR REPLACE INTO reservoir_seen VALUES (?, ?)", [train_scope, seen])
 
 
-class _Heartbeat:
-    """Renews the job's leases every quarter lease while it trains (one short transaction each)."""
+class LeaseLost(EngrammaError):
+    """A job's lease ran out while it trained and another job claimed some of its items: its work is void."""
 
-    def __init__(self, store: Store, job: jobs.Job, lease_seconds: float):
-        self.store, self.job, self.lease_seconds = store, job, lease_seconds
+
+class _Heartbeat:
+    """Renews the job's leases every quarter lease while it trains (one short transaction each), and stops the
+    job if it no longer holds all of its items (it was paused past its lease, and another job took them)."""
+
+    def __init__(self, store: Store, job: jobs.Job, lease_seconds: float, items: int):
+        self.store, self.job, self.lease_seconds, self.items = store, job, lease_seconds, items
         self.last = time.monotonic()
 
     def __call__(self) -> None:
         if time.monotonic() - self.last >= self.lease_seconds / 4:
             with self.store.transaction() as con:
-                jobs.renew(con, self.job, lease_seconds=self.lease_seconds, now=_now())
+                held = jobs.renew(con, self.job, lease_seconds=self.lease_seconds, now=_now())
             self.last = time.monotonic()
+            if held < self.items:
+                raise LeaseLost(f"job {self.job.job_id} holds {held} of its {self.items} items: its lease ran out "
+                                "and another job claimed the rest; stopped without recording anything")
 
 
 def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settings: ConsolidationSettings,
@@ -146,7 +156,7 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
                                        note=f"{len(new_ids)} item(s) waiting, the policy asks for {settings.min_items}")
         new_items = _items(con, new_ids)
         chain = registry.ancestors(con, parent.version if parent else None)
-        pool = replay_pool(con, chain, new_ids, now)
+        pool = replay_pool(con, job.train_scope, chain, new_ids, now)
         reservoir = [r[0] for r in con.execute(
             "SELECT item_id FROM reservoir WHERE train_scope = ? AND item_id IN (SELECT unnest(?)) ORDER BY slot",
             [job.train_scope, pool or [-1]]).fetchall()]
@@ -208,6 +218,11 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
     done, the reservoir updated, the job finished."""
     now = _now()
     with store.transaction() as con:
+        held = scalar(con, "SELECT count(*) FROM queue WHERE item_id IN (SELECT unnest(?)) AND lease_owner = ? "
+                           "AND status = 'claimed'", [plan["new"], job.job_id])
+        if held < len(plan["new"]):  # INVARIANT: two jobs never record the same item as new
+            raise LeaseLost(f"job {job.job_id} holds {held} of its {len(plan['new'])} items: its lease ran out "
+                            "and another job claimed the rest; nothing recorded")
         version = registry.next_version(con)
         final = store.folder / "adapters" / version
         if final.exists():  # left by a process that died between this rename and its commit: no row owns it
@@ -224,7 +239,7 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
                              "settings": plan["settings"], "replay_strategy": plan["replay_strategy"],
                              "stacked_on": plan["stacked"], "job_id": job.job_id, "pool_size": plan["pool_size"],
                              "padding_waste": report.padding_waste, "final_loss": report.losses[-1],
-                             "resumed_from_epoch": report.resumed_from_epoch},
+                             "resumed_from_epoch": report.resumed_from_epoch, "processes": report.processes},
                          items_new=len(plan["new"]), items_replayed=len(plan["replay"]), tokens=report.tokens,
                          steps=report.steps, wall_s=report.wall_s, tokens_per_s=report.tokens_per_s,
                          peak_mem_mb=report.peak_mem_mb, now=now, lineage=lineage,
@@ -246,19 +261,24 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
 def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | None = None,
                 scope: str | None = None, max_items: int | None = None, resume: bool = False,
                 lease_seconds: float = jobs.LEASE_SECONDS, progress: bool = True, gate: bool = True,
-                accelerator=None) -> list[ConsolidationResult]:
+                max_minutes: float | None = None, accelerator=None) -> list[ConsolidationResult]:
     """Train a new adapter version for each train scope with queued items (or only `scope`), then gate it.
 
     `model`: a loaded `LanguageModel`, a model name or folder, or None for the policy's `model.name`.
     `resume`: continue the newest job that stopped without finishing (a crash), from its last epoch checkpoint.
     `gate`: evaluate each new version and promote or reject it as the policy's gate says; False leaves it a
-    candidate. Returns one result per scope looked at.
+    candidate. `max_minutes`: a wall-clock budget for the whole run; training that would outlast it stops
+    between two steps and its items go back to the queue (result status `stopped`), and scopes not reached
+    are left for the next run. Returns one result per scope looked at.
     """
     from accelerate.utils import broadcast_object_list
 
     folder = Path(store_path)
     if scope is not None:
         check_scope(scope, "scope")
+    if max_minutes is not None and max_minutes <= 0:
+        raise InvalidInput(f"max_minutes: {max_minutes!r} must be a positive number of minutes")
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes is not None else None
     accelerator = accelerator or make_accelerator()
     main = accelerator.is_main_process
     store = open_existing(folder) if main else None
@@ -307,8 +327,15 @@ def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | N
             plan, examples = _load_plan(Path(job_folder))
             lm = lm or _language_model(model, plan["base_model"])
             job = jobs.Job(plan["job_id"], plan["train_scope"], Path(job_folder), jobs.owner())
-            result = _train_job(store, job, plan, examples, lm, resume=resume, progress=progress,
-                                lease_seconds=lease_seconds, accelerator=accelerator)
+            try:
+                result = _train_job(store, job, plan, examples, lm, resume=resume, progress=progress,
+                                    lease_seconds=lease_seconds, accelerator=accelerator, deadline=deadline)
+            except BudgetExceeded as e:  # the job released its items; scopes after it wait for the next run
+                results.append(ConsolidationResult(job.train_scope, "stopped", job.job_id, items_new=len(plan["new"]),
+                                                   note=f"{e}; its {len(plan['new'])} items are queued again"))
+                for later in planned_holder[0][planned_holder[0].index(job_folder) + 1:]:
+                    _release_planned(store, Path(later), "the run's wall-clock budget ran out before it")
+                break
             if main and gate and result.version is not None:
                 result = replace(result, gate=run_gate(store, lm, result.version))
             results.append(result)
@@ -322,16 +349,28 @@ def _language_model(model: LanguageModel | str | None, name: str) -> LanguageMod
     return model if isinstance(model, LanguageModel) else load_model(model or name)
 
 
+def _release_planned(store: Store | None, job_folder: Path, why: str) -> None:
+    """A planned job that will not train now: its claimed items go back to the queue."""
+    if store is None:
+        return
+    plan = json.loads((job_folder / "plan.json").read_text())
+    job = jobs.Job(plan["job_id"], plan["train_scope"], job_folder, jobs.owner())
+    with store.transaction() as con:
+        jobs.release(con, job, status="skipped", error=why, now=_now())
+    shutil.rmtree(job_folder, ignore_errors=True)
+
+
 def _train_job(store: Store | None, job: jobs.Job, plan: dict, examples: list[TokenizedExample], lm: LanguageModel,
-               *, resume: bool, progress: bool, lease_seconds: float, accelerator) -> ConsolidationResult:
+               *, resume: bool, progress: bool, lease_seconds: float, accelerator,
+               deadline: float | None = None) -> ConsolidationResult:
     settings = ConsolidationSettings.model_validate(plan["settings"])
     trained = job.folder / "adapter"
     try:
         report = train_adapter(
             lm, examples, settings, trained, parent=Path(plan["parent_path"]) if plan["parent_path"] else None,
             stacked=Path(plan["stacked_path"]) if plan["stacked_path"] else None, checkpoints=job.folder / "checkpoints",
-            resume=resume, progress=progress, accelerator=accelerator,
-            heartbeat=_Heartbeat(store, job, lease_seconds) if store is not None else None)
+            resume=resume, progress=progress, accelerator=accelerator, deadline=deadline,
+            heartbeat=_Heartbeat(store, job, lease_seconds, len(plan["new"])) if store is not None else None)
         if store is None:
             return ConsolidationResult(job.train_scope, "trained", job.job_id)
         return _record(store, job, plan, report, trained, lm.fingerprint, settings)

@@ -93,13 +93,23 @@ def _converted_default() -> Path:
 
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16,
-                                                 quantization_config=GgufConfig(dequantize=True))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)  # another process converting at once: the last rename wins, both are the same
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                     quantization_config=GgufConfig(dequantize=True))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelNotFound(f"the bundled {DEFAULT_MODEL} could not be converted from {gguf} "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); is the gguf package "
+                            "installed (make install does)?") from None
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished converting first: its folder is the same model
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model.safetensors").is_file():
+            raise
     return target
 
 

@@ -10,8 +10,9 @@ overwrite what earlier adapters learned. Strategies are small objects in a regis
 - mir: retrieval candidates (several times the budget) re-ranked by how much one virtual training step on the
   new items raises their loss (maximally interfered retrieval, Aljundi et al. 2019).
 
-The pool is what may be replayed: items this scope's adapters learned, still kept and current. Items the
-policy kept out of weights (index only) are never in it.
+The pool is what may be replayed (`consolidate.replay_pool`): items this scope's adapters learned, and items
+the policy queued for this scope that an earlier consolidation learned in a version since rejected or rolled
+back, still kept and current. Items the policy kept out of this scope's weights are never in it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
+
+from engramma.policies.schema import ReplayName
 
 
 @dataclass(frozen=True)
@@ -37,25 +40,28 @@ class ReplayRequest:
 
 
 class ReplayStrategy(Protocol):
-    name: str
+    name: ReplayName
 
     def select(self, request: ReplayRequest) -> list[int]: ...
 
 
-REPLAY: dict[str, ReplayStrategy] = {}
+REPLAY: dict[ReplayName, ReplayStrategy] = {}
 
 
 def register(strategy: type) -> type:
     instance = strategy()
-    if instance.name in REPLAY:
-        raise ValueError(f"replay strategy {instance.name!r} is already registered")
-    REPLAY[instance.name] = instance
+    name = ReplayName(instance.name)  # only names the policy schema accepts
+    if name in REPLAY:
+        raise ValueError(f"replay strategy {name.value!r} is already registered")
+    REPLAY[name] = instance
     return strategy
 
 
-def select_replay(strategy: str, request: ReplayRequest) -> list[int]:
-    if strategy not in REPLAY:
-        raise ValueError(f"replay: {strategy!r} is not one of {', '.join(REPLAY)}")
+def select_replay(strategy: ReplayName | str, request: ReplayRequest) -> list[int]:
+    try:
+        strategy = ReplayName(strategy)
+    except ValueError:
+        raise ValueError(f"replay: {strategy!r} is not one of {', '.join(n.value for n in REPLAY)}") from None
     if request.budget <= 0 or not request.pool_ids:
         return []
     chosen = REPLAY[strategy].select(request)
@@ -76,7 +82,7 @@ def _sample(ids: list[int], n: int, rng: np.random.Generator, exclude: set[int] 
 
 @register
 class NoReplay:
-    name = "none"
+    name = ReplayName.NONE
 
     def select(self, request: ReplayRequest) -> list[int]:
         return []
@@ -84,7 +90,7 @@ class NoReplay:
 
 @register
 class RandomReplay:
-    name = "random"
+    name = ReplayName.RANDOM
 
     def select(self, request: ReplayRequest) -> list[int]:
         return _sample(request.pool_ids, request.budget, _rng(request, 1))
@@ -92,7 +98,7 @@ class RandomReplay:
 
 @register
 class ReservoirReplay:
-    name = "reservoir"
+    name = ReplayName.RESERVOIR
 
     def select(self, request: ReplayRequest) -> list[int]:
         return _sample(request.reservoir_ids, request.budget, _rng(request, 2))
@@ -117,7 +123,7 @@ def nearest_past(request: ReplayRequest, limit: int) -> list[int]:
 
 @register
 class RetrievalReplay:
-    name = "retrieval"
+    name = ReplayName.RETRIEVAL
 
     def select(self, request: ReplayRequest) -> list[int]:
         from_reservoir = round(request.budget * request.reservoir_fraction)
@@ -130,7 +136,7 @@ class RetrievalReplay:
 
 @register
 class MirReplay:
-    name = "mir"
+    name = ReplayName.MIR
     candidates_per_slot = 3
 
     def select(self, request: ReplayRequest) -> list[int]:
@@ -142,3 +148,6 @@ class MirReplay:
         increase = request.interference(candidates)
         ranked = sorted(candidates, key=lambda i: (-increase.get(i, 0.0), i))
         return ranked[:request.budget]
+
+
+assert set(REPLAY) == set(ReplayName), "every replay name the policy accepts has a strategy"

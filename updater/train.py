@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from engramma.errors import EngrammaError
 from engramma.policies.schema import ConsolidationSettings
 from engramma.updater.dataset import IGNORE, TokenizedExample, collate, length_batches
 from engramma.updater.model import LanguageModel
@@ -32,6 +33,10 @@ from engramma.updater.model import LanguageModel
 TRAINED = "default"  # peft saves the adapter named "default" at the top of its folder
 STACKED = "stacked"  # the shared adapter a scope's adapter is trained on top of, frozen
 PARENT = "parent"  # the parent adapter, frozen, for the KL term
+
+
+class BudgetExceeded(EngrammaError):
+    """Training was stopped at its wall-clock deadline, between two optimizer steps; nothing was saved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +48,10 @@ class TrainReport:
     padding_waste: float  # share of computed positions that were padding
     wall_s: float
     tokens_per_s: float
-    peak_mem_mb: float
+    peak_mem_mb: float  # CUDA: peak allocated; CPU: peak resident memory of the process while training
     losses: tuple[float, ...] = field(repr=False)  # mean completion-token loss of each optimizer step
     resumed_from_epoch: int | None = None
+    processes: int = 1  # data-parallel processes that trained it together
 
 
 def make_accelerator():
@@ -69,12 +75,16 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int, decay_ratio: fl
     return 1.0
 
 
-def _peak_mem_mb(device) -> float:
-    import torch
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+def _resident_mb() -> float:
+    """This process's resident memory now (Linux /proc), else its lifetime peak (ru_maxrss, KiB on Linux)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peft_model(lm: LanguageModel, settings: ConsolidationSettings, *, parent: Path | None, stacked: Path | None,
@@ -180,12 +190,14 @@ def train_adapter(
     progress: bool = True,
     heartbeat: Callable[[], None] | None = None,
     accelerator=None,
+    deadline: float | None = None,
 ) -> TrainReport:
     """Train a LoRA adapter on `examples` and save it (peft format, safetensors) to `out_dir`.
 
     `parent`: the adapter folder to continue from (None: a new adapter). `stacked`: an adapter kept frozen
     underneath. `checkpoints`: a folder for per-epoch checkpoints; with `resume`, training continues after the
-    latest one. The base model is left as it was found (the adapter is unloaded before returning).
+    latest one. `deadline` (a `time.monotonic()` value): stop with `BudgetExceeded` at the first optimizer step
+    that ends past it. The base model is left as it was found (the adapter is unloaded before returning).
     """
     import torch
     from peft import load_peft_weights, set_peft_model_state_dict
@@ -201,6 +213,9 @@ def train_adapter(
     try:
         device = accelerator.device
         model.to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        peak_rss = _resident_mb()
         params = [p for p in model.parameters() if p.requires_grad]
         raw_optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
         global_batch = training.batch_size * training.gradient_accumulation
@@ -279,7 +294,11 @@ def train_adapter(
                 label_tokens += step_label_tokens
                 if heartbeat is not None:
                     heartbeat()
+                if device.type != "cuda":
+                    peak_rss = max(peak_rss, _resident_mb())
                 bar.update(losses[-1], run_tokens * world / max(1e-9, time.perf_counter() - started))
+                if deadline is not None and _past(deadline, accelerator, device):
+                    raise BudgetExceeded(f"stopped after {step} of {total_steps} steps: the wall-clock budget ran out")
             if checkpoints is not None and epoch < training.epochs - 1:
                 _checkpoint(accelerator, model, raw_optimizer, params, checkpoints, epoch=epoch, step=step, losses=losses,
                             tokens=tokens + total(run_tokens), label_tokens=label_tokens)
@@ -291,12 +310,23 @@ def train_adapter(
         if accelerator.is_main_process:
             _save_adapter(model, out_dir)
         accelerator.wait_for_everyone()
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss
         return TrainReport(epochs=training.epochs, steps=step, tokens=tokens, label_tokens=label_tokens,
                            padding_waste=1 - run_tokens / max(1, run_positions), wall_s=wall,
-                           tokens_per_s=run_tokens / max(wall, 1e-9),
-                           peak_mem_mb=_peak_mem_mb(device), losses=tuple(losses), resumed_from_epoch=resumed)
+                           tokens_per_s=run_tokens / max(wall, 1e-9), peak_mem_mb=peak, losses=tuple(losses),
+                           resumed_from_epoch=resumed, processes=world)
     finally:
         model.unload()  # the base model goes back to its original modules, ready for the next round
+
+
+def _past(deadline: float, accelerator, device) -> bool:
+    """Whether the deadline has passed, agreed by every process (else one would stop and the others hang)."""
+    late = time.monotonic() > deadline
+    if accelerator.num_processes == 1:
+        return late
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor(float(late), device=device), reduction="sum") > 0)
 
 
 def _kl_to_parent(model, input_ids, mask, labels, logits, counted, part, stacked: bool):
