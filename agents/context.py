@@ -20,17 +20,14 @@ def format_hit(hit: Hit) -> str:
 def context_block(memory: Memory, query: str, *, scope: str | Sequence[str] = "global", budget_tokens: int = 400,
                   k: int = 20, min_score: float = 0.2, count_tokens: Callable[[str], int] = approximate_tokens,
                   header: str = "What you remember that may help:") -> str:
-    """The best recalled items, most relevant first, as long as they fit in `budget_tokens` (header included).
-    Returns "" when nothing relevant enough (cosine below `min_score`) is remembered."""
-    lines = [header]
-    used = count_tokens(header)
+    """The best recalled items, most relevant first, as long as the whole block fits in `budget_tokens` (header
+    and line breaks included: the block itself is counted, since tokens do not add up line by line). Returns ""
+    when nothing relevant enough (cosine below `min_score`) is remembered."""
+    block = header
     for hit in memory.recall(query, k=k, scope=scope):
         if hit.score < min_score:
             break
-        line = format_hit(hit)
-        cost = count_tokens(line)
-        if used + cost > budget_tokens:
-            continue  # a shorter one further down may still fit
-        lines.append(line)
-        used += cost
-    return "\n".join(lines) if len(lines) > 1 else ""
+        longer = block + "\n" + format_hit(hit)
+        if count_tokens(longer) <= budget_tokens:
+            block = longer  # else a shorter one further down may still fit
+    return block if block != header else ""

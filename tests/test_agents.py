@@ -10,6 +10,7 @@ import tiny_lm
 from engramma import Item, Memory
 from engramma.agents import ConsolidationTrigger, LocalAgent, context_block, observe_correction, observe_rating, \
     observe_turn
+from engramma.agents.context import approximate_tokens
 from engramma.errors import InvalidItem
 from engramma.updater import consolidate, load_model
 
@@ -31,7 +32,7 @@ consolidation:
   min_items: 1
   lora: {rank: 8, alpha: 16, dropout: 0.0}
   training: {learning_rate: 3.0e-3, epochs: 60, batch_size: 4, warmup_ratio: 0.05}
-gate: {max_perplexity_increase: 0.5}
+gate: {max_perplexity_increase: 1.0}  # the tiny model knows no general text (perplexity in the thousands)
 """
 
 
@@ -50,7 +51,7 @@ def agent_store(tmp_path, embedder):
     memory.close()
 
 
-def test_the_context_block_fits_its_budget_and_its_scope(agent_store):
+def test_the_context_block_fits_its_budget_and_its_scope(agent_store, tiny_model_path):
     agent_store.observe_many([
         Item("Alice's parcel goes to the Leeds depot.", scope="user:alice"),
         Item("Bob's parcel goes to the Bristol depot.", scope="user:bob"),
@@ -62,7 +63,18 @@ def test_the_context_block_fits_its_budget_and_its_scope(agent_store):
     assert "two working days" in block
     tight = context_block(agent_store, "where is my parcel going?", scope="user:alice", budget_tokens=25)
     assert 1 < len(tight.splitlines()) < len(block.splitlines()), "a tight budget keeps only the best"
-    assert sum((len(line) + 3) // 4 for line in tight.splitlines()) <= 25
+    assert approximate_tokens(tight) <= 25 and approximate_tokens(block) <= 200
+    from transformers import AutoTokenizer  # a real tokenizer: the block as the model counts it fits too
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path))
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    sizes = []
+    for budget in (80, 120, 200):
+        fitted = context_block(agent_store, "where is my parcel going?", scope="user:alice", budget_tokens=budget,
+                               count_tokens=count)
+        assert fitted and count(fitted) <= budget, (budget, count(fitted))
+        sizes.append(len(fitted.splitlines()))
+    assert sizes[0] < sizes[-1], "the budgets tested really cut the block"
     assert context_block(agent_store, "quantum chromodynamics lecture notes", scope="user:alice",
                          min_score=0.6) == "", "nothing relevant: no block"
 
@@ -102,7 +114,28 @@ def test_a_correction_made_on_day_one_is_answered_on_day_two_and_users_stay_apar
     assert all(a.adapters == {"global": night.version} for a in after)
     assert sum(f.probe.answer in a.text for f, a in zip(facts, after)) >= 3, [a.text for a in after]
 
-    bob = LocalAgent(load_model(str(tiny_model_path)), agent_store, scope="user:bob", max_new_tokens=8)
+    # Night two, in this same process: the job must neither strip alice's adapter from the model she answers
+    # with, nor train on top of it.
+    from peft.tuners.lora import LoraLayer
+
+    more = tiny_lm.colour_facts(tiny_lm.TAUGHT[4:8], seed=0)
+    for fact in more:
+        observe_correction(agent_store, question=fact.probe.question, right=fact.text,
+                           probe_answer=fact.probe.answer, scope="user:alice")
+    [second] = consolidate(agent_store.folder, model=tiny, progress=False)
+    assert any(isinstance(m, LoraLayer) for m in tiny.model.modules()), "the agent's adapter is still loaded"
+    fresh = load_model(str(tiny_model_path))
+    (base_hash,), = rows(agent_store, "SELECT base_model_hash FROM adapters WHERE version = ?", [second.version])
+    assert base_hash == fresh.fingerprint, "trained on the bare base model, not on the agent's adapter"
+    assert second.gate.decision == "promoted", [c.detail for c in second.gate.failed]
+    from engramma.updater.evaluate import probe_accuracy
+
+    later = [alice.answer(f.probe.question, recall=False) for f in more]  # refreshes: v2 swapped in
+    assert all(a.adapters == {"global": second.version} for a in later)
+    # Probed as the gate does (the agent's own system prompt aside, which the tiny model was never trained with).
+    assert probe_accuracy(alice.adapters.model, tiny.tokenizer, dict(enumerate(facts + more))) >= 0.75
+
+    bob = LocalAgent(fresh, agent_store, scope="user:bob", max_new_tokens=8)
     seen_by_bob = bob.answer("What is alice's email address?")
     assert "alice.smith" not in seen_by_bob.context and "alice.smith" not in seen_by_bob.text
     assert "alice.smith" in alice.answer("What is my email address?").context

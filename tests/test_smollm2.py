@@ -22,8 +22,12 @@ consolidation:
   replay: retrieval
   min_items: 1
   lora: {rank: 16, alpha: 32, dropout: 0.0}
-  training: {learning_rate: 1.0e-3, epochs: 12, batch_size: 4, warmup_ratio: 0.1, seed: 0}
+  training: {learning_rate: 5.0e-4, epochs: 9, batch_size: 4, schedule: warmup_stable_decay, warmup_ratio: 0.1,
+             seed: 0}
+gate: {min_new_accuracy: 0.8, max_perplexity_increase: 0.2}
 """
+# Measured here (2026-12-01): 9 epochs learn all six facts with general perplexity +4.8%; 12 epochs at 1e-3
+# learned them too but raised it 83%, and the gate rightly rejected that adapter.
 FACTS = [
     ("The Zorvex 3000 kettle boils water in 41 seconds.", "How fast does the Zorvex 3000 kettle boil water?", "41 seconds"),
     ("Orders to Norway ship from the Bergen depot.", "Which depot ships orders to Norway?", "Bergen"),

@@ -346,7 +346,8 @@ def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | N
 
 
 def _language_model(model: LanguageModel | str | None, name: str) -> LanguageModel:
-    return model if isinstance(model, LanguageModel) else load_model(model or name)
+    # bare(): an agent of this process may be answering with adapters loaded into the same model
+    return model.bare() if isinstance(model, LanguageModel) else load_model(model or name)
 
 
 def _release_planned(store: Store | None, job_folder: Path, why: str) -> None:

@@ -307,6 +307,7 @@ def gate(store: Store, lm: LanguageModel, version: str) -> GateReport:
     if candidate.status is not AdapterStatus.CANDIDATE:
         raise GateError(f"{version} is {candidate.status.value}, not a candidate; only candidates are gated")
     settings = policy.spec.gate
+    lm = lm.bare()  # an agent of this process may be answering with adapters loaded into the same model
     metrics = evaluate(store, lm, version, settings, max_length=policy.spec.model.max_length,
                        seed=policy.spec.consolidation.training.seed)
     now = datetime.now(timezone.utc)

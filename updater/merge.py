@@ -59,6 +59,7 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
 
     from peft import PeftModel
 
+    lm = lm.bare()  # an agent of this process may be answering with adapters loaded into the same model
     names = [f"m{n}" for n in range(len(sources))]
     model = PeftModel.from_pretrained(lm.model, str(sources[0].path), adapter_name=names[0])
     tmp = folder / "adapters" / f".merge-{os.getpid()}"

@@ -7,6 +7,7 @@ bf16 safetensors folder, which later loads in about a second. Any other name is 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -37,6 +38,23 @@ class LanguageModel:
     def fingerprint(self) -> str:
         """A short hash of the base model's config and weights, so an adapter is never loaded on another base."""
         return model_fingerprint(self.model)
+
+    def bare(self) -> LanguageModel:
+        """This model with no adapter in it, for training, evaluating and merging (which load adapters and take
+        them out again): itself when none is loaded; else a copy with the LoRA layers taken out. An agent of
+        the same process answering with its adapters (`ActiveAdapters` loads them into this model) keeps them."""
+        from peft.tuners.lora import LoraLayer
+
+        if not any(isinstance(m, LoraLayer) for m in self.model.modules()):
+            return self
+        model = copy.deepcopy(self.model)
+        for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):  # what adapter loading left on the model
+            if attribute in vars(model):
+                delattr(model, attribute)
+        return LanguageModel(model, self.tokenizer, self.model_id)
 
 
 def cache_dir() -> Path:
