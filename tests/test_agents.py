@@ -166,12 +166,21 @@ def test_triggers_start_a_run_on_count_or_idleness_and_never_block(agent_store, 
     assert idle.poll(idle_for=61).startswith("idle for 61 s")
     idle.wait(timeout=300)
 
-    slow = ConsolidationTrigger(agent_store.folder, after_items=1, budget_minutes=0.001, model=str(tiny_model_path),
-                                lease_seconds=5)
-    agent_store.observe(Item("Asked about returns: free within 30 days.", kind="correction", source="user"))
+    # A run that would outlast its budget stops itself between two training steps; its items wait for the next.
+    slow = ConsolidationTrigger(agent_store.folder, after_items=1, budget_minutes=0.05, model=str(tiny_model_path),
+                                lease_seconds=5, grace_seconds=20)
+    for n in range(12):
+        agent_store.observe(Item(f"Asked about returns of item {n}: free within {n + 20} days.", kind="correction",
+                                 source="user"))
+    versions_before = rows(agent_store, "SELECT count(*) FROM adapters")
     assert slow.poll() is not None
-    run = slow.wait(timeout=60)
-    assert run.stopped_over_budget and run.returncode != 0
+    run = slow.wait(timeout=120)
+    assert run.returncode == 0 and run.stopped_over_budget, run
+    assert run.results[0]["status"] == "stopped" and "budget ran out" in run.results[0]["note"]
+    assert rows(agent_store, "SELECT count(*) FROM adapters") == versions_before, "no candidate from a stopped run"
+    assert rows(agent_store, "SELECT count(*) FROM queue WHERE status = 'pending'") == [(12,)]
+    log = (agent_store.folder / "consolidate.log").read_text()
+    assert log.count("--- ") == 3, "each of the three runs is logged"
 
 
 def test_the_llamaindex_retriever_and_memory_block(agent_store):
