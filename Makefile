@@ -30,8 +30,9 @@ test-slow: install
 	$(PY) -m pytest -m slow -q
 
 # Benchmarks need the bench extra (mem0ai, trl, ...), which the library never imports.
-bench: install
-	$(PIP) install -q -c constraints.txt -e '.[bench]'
+bench: install test-slow
+	$(PIP) install -q -c constraints.txt -c benchmarks/constraints-bench.txt -e '.[bench]'
+	$(PY) benchmarks/corpus.py --n 100000 --queries 1000
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_policy.py

@@ -214,8 +214,10 @@ def rss_build_child(folder: Path, items: int, batch: int) -> dict:
     from engramma.memory import Item, Memory
 
     texts = corpus.texts(items)
+    policy = folder.parent / "keep-all.yaml"  # every item stored and indexed: n items are n vectors
+    policy.write_text("version: 1\nname: keep-all\ndefault: index\n")
     start = time.perf_counter()
-    with Memory.open(folder, embedder=RandomEmbedder()) as mem:
+    with Memory.open(folder, embedder=RandomEmbedder(), policy=policy) as mem:
         for s in range(0, items, batch):
             mem.observe_many([Item(text=t) for t in texts[s:s + batch]])
         kinds = mem.stats().index_kinds

@@ -3,10 +3,14 @@ config and hardware, each in its own fresh process.
 
 Both train one LoRA (rank 16, alpha 32, dropout 0.05, all linear layers) for the same epochs at batch 8 on the
 same prompt/completion pairs (a mix of short facts, corrections and longer demonstrations, in the model's chat
-template, loss on the completion only). Throughput is non-padding tokens per second of training: the tokens
-of the tokenized examples times the epochs, over the wall time of the training call (model loading and
-dataset preparation excluded for both). TRL runs twice: with its defaults (random order, each batch padded
-to its longest example) and with `train_sampling_strategy="group_by_length"`, its own answer to padding.
+template, loss on the completion only), with a constant learning rate, fp32 on CPU / bf16 on CUDA, and no
+gradient checkpointing (TRL's SFTConfig turns it on by default; engramma does not recompute activations, so
+it is turned off for TRL too). Throughput is non-padding tokens per second of training: the tokens of the
+tokenized examples times the epochs, over the time from the first optimizer step to the end of training
+(model loading, dataset preparation and trainer set-up excluded for both; TRL is timed by a callback). TRL
+runs twice: random order, each batch padded to its longest example (its default), and with
+`train_sampling_strategy="group_by_length"`, its own answer to padding. Runs alternate between the systems,
+each in a fresh process, `--repeats` times; medians are reported.
 
 On a GPU, `--model random-llama-0.5b` builds a Llama-shaped model of about 0.5B parameters from a config
 (random weights: throughput does not depend on them) in bf16, and the script reports MFU: achieved FLOP/s
@@ -89,37 +93,58 @@ def run_engramma(model_name: str, n: int, epochs: int, device: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         report = train_adapter(lm, examples, settings, Path(out) / "adapter", progress=False)
     params = sum(p.numel() for p in lm.model.parameters())
-    return {"system": "engramma", "tokens": report.tokens, "wall_s": report.wall_s,
-            "tokens_per_s": report.tokens / report.wall_s, "padding_waste": report.padding_waste,
-            "steps": report.steps, "final_loss": report.losses[-1], "params": params, "peak_mem_mb": report.peak_mem_mb}
+    return {"system": "engramma", "tokens": report.tokens, "label_tokens": report.label_tokens,
+            "wall_s": report.wall_s, "tokens_per_s": report.tokens / report.wall_s,
+            "padding_waste": report.padding_waste, "steps": report.steps, "final_loss": report.losses[-1],
+            "params": params, "peak_mem_mb": report.peak_mem_mb}
 
 
 def run_trl(model_name: str, n: int, epochs: int, device: str, grouped: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    class Clock(TrainerCallback):
+        """From the first optimizer step's start to the end of training, as engramma's own report times it."""
+        start = end = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.start is None:
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                self.start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            self.end = time.perf_counter()
 
     lm = load(model_name, device)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}],
                                "completion": [{"role": "assistant", "content": c}]} for p, c in pairs(n)])
+    clock = Clock()
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
             output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=epochs, learning_rate=LR,
             lr_scheduler_type="constant", warmup_steps=0, max_length=512, logging_steps=10**6, save_strategy="no",
             report_to=[], seed=0, bf16=device.startswith("cuda"), use_cpu=not device.startswith("cuda"),
-            dataloader_num_workers=0, **({"train_sampling_strategy": "group_by_length"} if grouped else {}))
+            gradient_checkpointing=False, use_liger_kernel=False, dataloader_num_workers=0,
+            **({"train_sampling_strategy": "group_by_length"} if grouped else {}))
         trainer = SFTTrainer(model=lm.model, args=config, train_dataset=data, processing_class=lm.tokenizer,
                              peft_config=LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT,
-                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
+                                                    target_modules="all-linear", task_type="CAUSAL_LM"),
+                             callbacks=[clock])
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * epochs
-        start = time.perf_counter()
+        label_tokens = sum(sum(m) for m in trainer.train_dataset["completion_mask"]) * epochs \
+            if "completion_mask" in trainer.train_dataset.column_names else None
         result = trainer.train()
-        wall = time.perf_counter() - start
+    wall = clock.end - clock.start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"system": "trl-grouped" if grouped else "trl", "tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall, "steps": result.global_step, "final_loss": result.training_loss,
-            "peak_mem_mb": peak}
+    return {"system": "trl-grouped" if grouped else "trl", "tokens": tokens, "label_tokens": label_tokens,
+            "wall_s": wall, "tokens_per_s": tokens / wall, "steps": result.global_step,
+            "final_loss": result.training_loss, "peak_mem_mb": peak}
 
 
 def matmul_peak_tflops(device: str) -> float:
@@ -156,6 +181,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each system, alternating; medians reported")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,24 +197,33 @@ def main() -> None:
 
     print(environment(), f"device {device}", flush=True)
     runs = []
-    for system in args.systems:
-        out = child([system, f"--model={args.model}", f"--examples={args.examples}", f"--epochs={args.epochs}",
-                     f"--device={device}"])
-        runs.append(out)
-        print(json.dumps(out), flush=True)
+    for repeat in range(args.repeats):
+        for system in args.systems:  # alternating, so that a noisy minute on a shared machine hits each system
+            out = child([system, f"--model={args.model}", f"--examples={args.examples}", f"--epochs={args.epochs}",
+                         f"--device={device}"])
+            runs.append({**out, "repeat": repeat})
+            print(json.dumps(runs[-1]), flush=True)
     ok = [r for r in runs if "error" not in r]
+    by: dict[str, dict] = {}
+    for system in args.systems:
+        mine = sorted((r for r in ok if r["system"] == system), key=lambda r: r["tokens_per_s"])
+        if mine:
+            by[system] = {**mine[len(mine) // 2], "all_tokens_per_s": [r["tokens_per_s"] for r in mine]}
     print()
-    print(table(["system", "tokens", "wall s", "tokens/s", "steps", "final loss"],
-                [[r["system"], r["tokens"], r["wall_s"], r["tokens_per_s"], r["steps"], r["final_loss"]] for r in ok]))
-    by = {r["system"]: r for r in ok}
+    print(table(["system", "tokens", "completion tokens", "steps", "median tokens/s", "all runs tokens/s",
+                 "final loss"],
+                [[r["system"], r["tokens"], r.get("label_tokens") or "-", r["steps"], r["tokens_per_s"],
+                  " / ".join(f"{v:,.0f}" for v in r["all_tokens_per_s"]), r["final_loss"]] for r in by.values()]))
     for other in ("trl", "trl-grouped"):
         if "engramma" in by and other in by:
             print(f"engramma / {other}: {by['engramma']['tokens_per_s'] / by[other]['tokens_per_s']:.2f}x tokens/s")
-    result = {"environment": environment(), "device": device, "model": args.model, "runs": runs}
+    result = {"environment": environment(), "device": device, "model": args.model, "runs": runs, "medians": by}
     if device.startswith("cuda") and "engramma" in by:
         peak = matmul_peak_tflops(device)
         achieved = 4 * by["engramma"]["params"] * by["engramma"]["tokens_per_s"] / 1e12
         result.update(peak_tflops=peak, achieved_tflops=achieved, mfu=achieved / peak)
+        # 4 FLOPs per parameter per token counts the LM head on every token (engramma computes logits only
+        # from the first completion position: an overstatement) and no attention FLOPs (an understatement).
         print(f"bf16 matmul peak {peak:.0f} TFLOP/s, achieved {achieved:.1f} TFLOP/s (4 FLOPs/param/token), "
               f"MFU {achieved / peak:.1%}")
     if args.json:
