@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,15 +24,17 @@ from engramma.errors import InvalidItem, ItemNotFound, StoreError
 from engramma.memory.embed import DEFAULT_EMBEDDER, Embedder, SentenceEmbedder
 from engramma.memory.index import IVF_THRESHOLD
 from engramma.memory.routing import route_batch
-from engramma.memory.store import DB_FILE, EVENTS_SCHEMA, QUEUE_SCHEMA, Store, insert, items_schema, scalar
-from engramma.memory.types import Explanation, Hit, Item, Probe, Record, Stats, check_scope
+from engramma.memory.explain import explain_item, traces_before_erasing, traces_json
+from engramma.memory.store import (  # noqa: F401  (ITEM_COLUMNS, item_from_row, append_events: used from here too)
+    DB_FILE, EVENTS_SCHEMA, ITEM_COLUMNS, QUEUE_SCHEMA, Store, _head_bytes, append_events, insert, item_from_row,
+    items_schema, naive_utc, scalar, write_head)
+from engramma.memory.types import Explanation, Hit, Item, Record, Stats, check_scope
 from engramma.memory.view import CheckpointUnusable, IndexView
-from engramma.policies import Decision, LivePolicy, Policy, Route, RuleTrace, Signals, explain, parse_policy
+from engramma.policies import Decision, LivePolicy, Policy, Route
 
 CHECKPOINT = Path("index") / "checkpoint.bin"
 KNOWN_DIMS = {DEFAULT_EMBEDDER: 384}  # lets a new store be created without loading the model
 
-ITEM_COLUMNS = "id, kind, scope, text, source, key, prompt, response, probe_question, probe_answer, meta, ts"
 DEFAULT_POLICY = "preset:default"
 
 
@@ -44,14 +45,6 @@ class MemoryConfig:
     busy_timeout: float = 30.0  # seconds to wait for another process's transaction before StoreBusy
     checkpoint_every: int = 10_000  # events between index checkpoints (and one at close)
     ivf_threshold: int = IVF_THRESHOLD
-
-
-def item_from_row(row: tuple) -> tuple[int, Item]:
-    item_id, kind, scope, text, source, key, prompt, response, pq, pa_, meta, ts = row
-    item = Item(text=text, kind=kind, scope=scope, source=source, key=key, prompt=prompt, response=response,
-                probe=Probe(pq, pa_) if pq is not None else None, meta=json.loads(meta) if meta else {},
-                ts=ts.replace(tzinfo=timezone.utc))
-    return int(item_id), item
 
 
 def _last_good(con, origin: str | None) -> str | None:
@@ -81,59 +74,9 @@ def _live_policy(asked: str | os.PathLike | Policy | None, stored: str | None, l
     return LivePolicy(stored or DEFAULT_POLICY, last_good=last_good)
 
 
-def _head_bytes(seq: int) -> bytes:
-    # INVARIANT: every write moves the head to a value never seen before. A process killed after writing the
-    # head but before its commit leaves a head ahead of the truth; the next writer reaches the same seq, and
-    # without the token its write would look like nothing new to readers that had already seen the stale head.
-    return struct.pack("<q", seq) + os.urandom(8)
-
-
-def write_head(folder: Path, seq: int) -> bytes:
-    """Record the newest event seq in the store's head file: open Memory objects compare it with what they have
-    seen, and replay the event log when it moved."""
-    fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        head = _head_bytes(seq)
-        os.pwrite(fd, head, 0)
-        return head
-    finally:
-        os.close(fd)
-
-
-def append_events(con, folder: Path, op: str, ids: list[int], now: datetime) -> int:
-    """Append events written outside a Memory (the gate evicting items from the index, unlearning) after the
-    newest seq, and move the head, so that every open Memory brings its view up to date. Returns the last seq."""
-    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
-    seqs = list(range(seq + 1, seq + 1 + len(ids)))
-    insert(con, "events", {"seq": seqs, "op": [op] * len(ids), "item_id": ids, "scope": [None] * len(ids),
-                           "happened_at": [naive_utc(now)] * len(ids)}, EVENTS_SCHEMA)
-    write_head(folder, seqs[-1])
-    return seqs[-1]
-
-
-NOT_STORED = "(not stored)"
-
-
-def erased(item: Item) -> Item:
-    """The item as it may be quoted once its text and meta are gone (dropped, or forgotten): which fields it
-    had, not what they said."""
-    return Item(text=NOT_STORED, kind=item.kind, scope=item.scope, source=item.source, key=item.key,
-                probe=Probe(NOT_STORED, NOT_STORED) if item.probe is not None else None,
-                meta={key: NOT_STORED for key in item.meta}, ts=item.ts)
-
-
-def traces_json(item: Item, signals: Signals, policy: Policy) -> str:
-    """The rules as tried for `item`, quoting only its erased form: kept for items whose text is not."""
-    return json.dumps([[t.rule, t.matched, list(t.why)] for t in explain(item, signals, policy, shown=erased(item))])
-
-
 def _check_k(k: int) -> None:
     if not isinstance(k, int) or k < 1:
         raise InvalidItem(f"k: must be a whole number of at least 1, got {k!r}")
-
-
-def naive_utc(ts: datetime) -> datetime:
-    return ts.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 class Memory:
@@ -487,7 +430,7 @@ class Memory:
                     "SELECT id FROM items WHERE scope = ? AND status = 'kept'", [scope]).fetchall()]
             if not ids:
                 return 0
-            traces = self._traces_before_erasing(con, ids)
+            traces = traces_before_erasing(con, ids)
             con.execute(
                 "UPDATE items SET status = 'forgotten', text = NULL, prompt = NULL, response = NULL, "
                 "probe_question = NULL, probe_answer = NULL, meta = NULL, vector = NULL, in_index = false, "
@@ -508,25 +451,6 @@ class Memory:
         self.view.remove(ids)
         self._maybe_checkpoint()
         return len(ids)
-
-    def _traces_before_erasing(self, con, ids: list[int]) -> list[str | None]:
-        """For each id, its explanation while its text and meta are still there (see `traces_json`)."""
-        rows = con.execute(
-            f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS.split(', '))}, i.signals, p.text, i.policy_name FROM items i "
-            "LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id IN (SELECT unnest(?))",
-            [ids]).fetchall()
-        policies: dict[str, Policy] = {}
-        traces: dict[int, str | None] = {}
-        for row in rows:
-            item_id, item = item_from_row(row[:12])
-            signals, policy_text, policy_name = row[12:]
-            if policy_text is None:
-                traces[item_id] = None
-                continue
-            if policy_text not in policies:
-                policies[policy_text] = parse_policy(policy_text, f"policy {policy_name}")
-            traces[item_id] = traces_json(item, Signals.from_dict(json.loads(signals)), policies[policy_text])
-        return [traces.get(i) for i in ids]
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -606,30 +530,9 @@ class Memory:
 
     def explain(self, item_id: int) -> Explanation:
         """Why an item went where it went: its signals, the rule that matched and why each earlier one did not,
-        judged again with the policy that decided (kept by hash), even for dropped or forgotten items."""
+        judged with the policy that decided (kept by hash), even for dropped or forgotten items."""
         with self.store.transaction() as con:
-            rows = con.execute(
-                "SELECT i.status, i.kind, i.scope, i.source, i.key, i.text, i.probe_question, i.probe_answer, i.meta, "
-                "i.ts, i.route, i.rule, i.reasons, i.signals, i.policy_name, i.policy_hash, p.text, i.traces "
-                "FROM items i LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id = ?",
-                [int(item_id)]).fetchall()
-        if not rows:
-            raise ItemNotFound(f"no item {item_id} in {self.folder}")
-        (status, kind, scope, source, key, text, pq, pa_, meta, ts, route, rule, reasons, signals, policy_name,
-         policy_hash, policy_text, stored_traces) = rows[0]
-        item = Item(text=text or NOT_STORED, kind=kind, scope=scope, source=source, key=key,
-                    probe=Probe(pq, pa_) if pq else None, meta=json.loads(meta) if meta else {},
-                    ts=ts.replace(tzinfo=timezone.utc))
-        sig = Signals.from_dict(json.loads(signals))
-        if stored_traces is not None:  # dropped or forgotten: the rules as they were tried while it was whole
-            traces = [RuleTrace(rule_name, matched, tuple(why)) for rule_name, matched, why in json.loads(stored_traces)]
-        elif status == "kept" and policy_text:
-            traces = explain(item, sig, parse_policy(policy_text, f"policy {policy_name}"))
-        else:  # erased by an engramma older than store schema 4, which kept no traces
-            traces = []
-        return Explanation(id=int(item_id), status=status, item=item, route=route, rule=rule,
-                           reasons=tuple(json.loads(reasons)), signals=sig.as_dict(), policy_name=policy_name,
-                           policy_hash=policy_hash, traces=tuple(traces))
+            return explain_item(con, self.folder, item_id)
 
     def stats(self) -> Stats:
         with self.store.transaction() as con:

@@ -11,13 +11,16 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import random
 import select
+import struct
 import tempfile
 import threading
 import time
 import weakref
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from engramma.errors import StoreBusy, StoreError
+from engramma.memory.types import Item, Probe
 
 DB_FILE = "engramma.duckdb"
 SCHEMA_VERSION = 4
@@ -459,3 +463,50 @@ def open_existing(folder: Path, *, busy_timeout: float = 30.0) -> Store:
         store.close()
         raise
     return store
+
+
+# -- item rows and the head file: read and written by Memory, the updater and the CLI alike -------------------
+
+ITEM_COLUMNS = "id, kind, scope, text, source, key, prompt, response, probe_question, probe_answer, meta, ts"
+
+
+def item_from_row(row: tuple) -> tuple[int, Item]:
+    item_id, kind, scope, text, source, key, prompt, response, pq, pa_, meta, ts = row
+    item = Item(text=text, kind=kind, scope=scope, source=source, key=key, prompt=prompt, response=response,
+                probe=Probe(pq, pa_) if pq is not None else None, meta=json.loads(meta) if meta else {},
+                ts=ts.replace(tzinfo=timezone.utc))
+    return int(item_id), item
+
+
+def naive_utc(ts: datetime) -> datetime:
+    return ts.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _head_bytes(seq: int) -> bytes:
+    # INVARIANT: every write moves the head to a value never seen before. A process killed after writing the
+    # head but before its commit leaves a head ahead of the truth; the next writer reaches the same seq, and
+    # without the token its write would look like nothing new to readers that had already seen the stale head.
+    return struct.pack("<q", seq) + os.urandom(8)
+
+
+def write_head(folder: Path, seq: int) -> bytes:
+    """Record the newest event seq in the store's head file: open Memory objects compare it with what they have
+    seen, and replay the event log when it moved."""
+    fd = os.open(folder / ".head", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        head = _head_bytes(seq)
+        os.pwrite(fd, head, 0)
+        return head
+    finally:
+        os.close(fd)
+
+
+def append_events(con, folder: Path, op: str, ids: list[int], now: datetime) -> int:
+    """Append events written outside a Memory (the gate evicting items from the index, unlearning) after the
+    newest seq, and move the head, so that every open Memory brings its view up to date. Returns the last seq."""
+    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
+    seqs = list(range(seq + 1, seq + 1 + len(ids)))
+    insert(con, "events", {"seq": seqs, "op": [op] * len(ids), "item_id": ids, "scope": [None] * len(ids),
+                           "happened_at": [naive_utc(now)] * len(ids)}, EVENTS_SCHEMA)
+    write_head(folder, seqs[-1])
+    return seqs[-1]

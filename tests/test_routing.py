@@ -69,7 +69,7 @@ def test_a_new_value_supersedes_and_as_of_reads_history(open_store):
 def test_supersession_is_seen_by_another_process_view(open_store, tmp_path):
     mem = open_store("preset:default")
     mem.observe(Item(text="The office is in Lyon.", key="office", ts=T0))
-    code = f"""
+    code = """
 import sys; from datetime import datetime, timezone
 from engramma import Item, Memory, Probe
 with Memory.open(sys.argv[1]) as m:

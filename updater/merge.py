@@ -7,7 +7,6 @@ weights (personal data, or a train scope of its own).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from datetime import datetime, timezone

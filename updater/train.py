@@ -121,7 +121,6 @@ def activate(model, names: list[str], trainable: str | None = TRAINED) -> None:
 def completion_losses(model, input_ids, attention_mask, labels):
     """(sum of completion-token losses per row, completion tokens per row, logits over kept positions).
     Logits are computed only from the first position any row predicts a completion token from."""
-    import torch
     import torch.nn.functional as F
 
     targets = labels[:, 1:]
