@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,14 +94,15 @@ class ConsolidationTrigger:
                    "--max-minutes", f"{self.budget_s / 60:g}", *self.extra_args]
         if self.model:
             command += ["--model", self.model]
+        if self.niceness and shutil.which("nice"):  # not preexec_fn: unsafe in a process that runs threads
+            command = ["nice", "-n", str(self.niceness), *command]
         self._output = tempfile.TemporaryFile(mode="w+")
         with open(self.log, "a") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} consolidate ({reason})\n")
             log.flush()
-            niceness = self.niceness
             self._process = subprocess.Popen(
                 command, stdout=self._output, stderr=log, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                start_new_session=True, preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+                start_new_session=True)
         self._started, self._reason = time.monotonic(), reason
 
     def wait(self, timeout: float | None = None) -> Run | None:
