@@ -1,5 +1,6 @@
-"""A scripted stream for a support agent's memory: product facts that change, two users' private details,
-duplicates and chatter. Deterministic, so the demo and the tests see the same few hundred items."""
+"""A scripted stream for a support agent's memory: product facts that change, two users' private details, the
+team lead's corrections (product answers, and the house style), duplicates and chatter. Deterministic, so the
+demos and the tests see the same few hundred items."""
 from __future__ import annotations
 
 import random
@@ -9,10 +10,11 @@ from engramma import Item
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 
-# (key, value per day: the value in force from that day on)
+# (key, value per day: the value in force from that day on). The refund window moves on the second day, so
+# that even the two-day run (--quick) sees a fact change.
 PRODUCT_FACTS = {
     "refund_window": {0: "Refunds are accepted within 30 days of delivery.",
-                      3: "Refunds are accepted within 45 days of delivery."},
+                      1: "Refunds are accepted within 45 days of delivery."},
     "shipping_fee": {0: "Standard shipping costs 4.99 euros; orders over 50 euros ship free.",
                      2: "Standard shipping costs 5.49 euros; orders over 60 euros ship free."},
     "support_hours": {0: "The support line is open Monday to Friday, 9:00 to 17:00 CET.",
@@ -37,18 +39,18 @@ USER_DETAILS = {
     ],
 }
 
-# Tone and format corrections from the team lead: trusted, so the default policy queues them for training too.
-CORRECTIONS = [
-    "Always sign off with 'Kind regards, the Kettle team'.",
-    "Give refund deadlines as a number of days, never as a date.",
-    "Answer in two short paragraphs at most.",
-]
-
+# The house style, which the team lead keeps correcting: a sentence or two, ending with the sign-off.
 SIGN_OFF = "Kind regards, the Kettle team."
-# Behaviour the team lead keeps correcting, by the day it is first taught: (question, the right answer, the phrase
-# a right answer must contain). Each becomes a demonstration (the question answered the house way, signed off)
-# with a probe, so consolidation can learn it and the gate can check it was learned.
-BEHAVIOUR = {
+HOUSE_STYLE = f"Answer in a sentence or two and end with '{SIGN_OFF}'"
+
+
+def house_reply(answer: str) -> str:
+    return f"{answer} {SIGN_OFF}"
+
+
+# Product answers the team lead corrects, by the day they are first taught: (question, the right answer, the
+# phrase a right answer must contain: its probe). Taught as demonstrations in the house style, signed off.
+PRODUCT_ANSWERS = {
     0: [("How do I reset my Kettle Pro?", "Hold the power button for five seconds until the light blinks blue.",
          "blinks blue"),
         ("Can the kettle lid go in the dishwasher?", "Yes, the lid is dishwasher safe, but the base is not.",
@@ -74,17 +76,26 @@ BEHAVIOUR = {
         ("How often should I clean the filter?", "Rinse the filter under warm water once a week.", "once a week")],
 }
 
+# Replies the team lead rewrote because they broke the house style, one a day: (question, the answer as it should
+# read before the sign-off). Their probe is the sign-off itself: does the adapter answer in the house style?
+STYLE_FIXES = {
+    0: ("Do you sell gift cards?", "Yes, gift cards from 10 to 100 euros are sold on our website."),
+    1: ("Can I collect my order from a shop?", "Yes, you can collect it from our Paris shop."),
+    2: ("Do you ship to Switzerland?", "Yes, we ship to Switzerland within five working days."),
+    3: ("Can I pay by bank transfer?", "Yes, bank transfers are accepted for orders over 100 euros."),
+    4: ("Is the Kettle Pro made of plastic?", "No, it is made of stainless steel and glass."),
+}
 
-def behaviour_items(day: int, at: datetime, rng: random.Random) -> list[Item]:
-    """The team lead's corrections of one day, each repeated once to three times (repeats are recurrences)."""
-    items = []
-    for question, answer, phrase in BEHAVIOUR.get(day, []):
-        for _ in range(rng.randint(1, 3)):
-            items.append(Item(text=f"When asked \"{question}\", answer: {answer}", kind="correction",
-                              scope="global", source="admin", prompt=question, response=f"{answer} {SIGN_OFF}",
-                              probe={"question": question, "answer": phrase},
-                              ts=at + timedelta(minutes=rng.randint(0, 480))))
-    return items
+# Questions no correction ever answers: whether the agent answers them in the house style, from its weights
+# alone, shows the style was internalised rather than the taught replies memorised.
+UNSEEN_QUESTIONS = [
+    "Do you have a student discount?",
+    "Can I change my delivery address?",
+    "Is the kettle safe for children to use?",
+    "Can I buy a spare lid?",
+    "Do you sell teapots?",
+    "How do I contact your press office?",
+]
 
 CHATTER = [
     "Customer said thanks and closed the chat.",
@@ -109,8 +120,31 @@ QUESTIONS = [
 ]
 
 
+def corrections(day: int, at: datetime, rng: random.Random) -> list[Item]:
+    """The team lead's corrections of one day, each said once to three times: the repeats are exact, so the
+    policy stores the first copy and counts the others as its recurrences."""
+    taught: list[tuple[str, str, str | None]] = list(PRODUCT_ANSWERS.get(day, []))
+    if day in STYLE_FIXES:
+        question, answer = STYLE_FIXES[day]
+        taught.append((question, answer, None))
+    items = []
+    for question, answer, phrase in taught:
+        if phrase is None:  # a house-style fix: learned when the adapter signs off the way the lead asked
+            text = f"House style ({HOUSE_STYLE}): the reply to \"{question}\" should read: {answer} {SIGN_OFF}"
+            probe = {"question": question, "answer": SIGN_OFF}
+        else:
+            text = f"When asked \"{question}\", answer: {answer}"
+            probe = {"question": question, "answer": phrase}
+        for _ in range(rng.randint(1, 3)):
+            items.append(Item(text=text, kind="correction", scope="global", source="admin", prompt=question,
+                              response=house_reply(answer), probe=probe,
+                              ts=at + timedelta(minutes=rng.randint(0, 480))))
+    return items
+
+
 def stream(days: int = 5, seed: int = 7) -> list[tuple[int, list[Item]]]:
-    """Items per day. Day d restates the facts in force (agents hear them again), adds user details and chatter."""
+    """Items per day, in time order. Day d restates the facts in force (agents hear them again, several times),
+    adds user details, the lead's corrections and chatter."""
     rng = random.Random(seed)
     out = []
     for day in range(days):
@@ -127,9 +161,7 @@ def stream(days: int = 5, seed: int = 7) -> list[tuple[int, list[Item]]]:
             for text in details[: 1 + day]:
                 items.append(Item(text=text, kind="fact", scope=scope, source="user",
                                   ts=at + timedelta(minutes=rng.randint(0, 480))))
-        for text in CORRECTIONS[: day + 1]:
-            items.append(Item(text=text, kind="correction", scope="global", source="admin",
-                              ts=at + timedelta(minutes=rng.randint(0, 480))))
+        items += corrections(day, at, random.Random(seed * 1000 + day))
         for _ in range(rng.randint(20, 30)):
             items.append(Item(text=rng.choice(CHATTER), kind="conversation", scope=f"session:d{day}",
                               source="chat", ts=at + timedelta(minutes=rng.randint(0, 480))))
