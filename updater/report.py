@@ -241,14 +241,16 @@ def _bwt(plt, versions, out) -> Figure:
     title = "Backward transfer over time"
     caption = ("BWT (line): mean change in accuracy on each earlier round since that round was learned, in "
                "percentage points (pt); 0 is no forgetting, below 0 is forgetting. Bars: the largest drop of any "
-               "one earlier round.")
+               "one earlier round from its best accuracy (none when every round is as good as ever).")
     points = [v for v in _gated(versions) if v.metrics.get("bwt") is not None]
     if not points:
         return Figure(_empty(plt, out, "bwt.png", "BWT needs two gated rounds in one chain"), title, caption)
     rejected = _rejected(versions)
     fig, ax = plt.subplots(figsize=(_width(len(points), 0.6, 3), 3.4))
     x = list(range(len(points)))
-    drops = [-(v.metrics.get("max_forgetting") or 0) for v in points]
+    # forgetting is max(earlier accuracy) - accuracy now: below 0 when a round was answered better than ever,
+    # which is no drop at all
+    drops = [-max(0.0, v.metrics.get("max_forgetting") or 0.0) for v in points]
     bwt = [v.metrics["bwt"] for v in points]
     ax.bar(x, drops, width=0.5, color="#ffa8a8", label="largest drop of one earlier round")
     ax.plot(x, bwt, "o-", color="#c92a2a", markersize=7, linewidth=2, label="BWT")
