@@ -95,7 +95,8 @@ def run_engramma(model_name: str, n: int, epochs: int, device: str) -> dict:
     params = sum(p.numel() for p in lm.model.parameters())
     return {"system": "engramma", "tokens": report.tokens, "label_tokens": report.label_tokens,
             "wall_s": report.wall_s, "tokens_per_s": report.tokens / report.wall_s,
-            "padding_waste": report.padding_waste, "steps": report.steps, "final_loss": report.losses[-1],
+            "padding_waste": report.padding_waste, "steps": report.steps,
+            "mean_loss": sum(report.losses) / len(report.losses),
             "params": params, "peak_mem_mb": report.peak_mem_mb}
 
 
@@ -144,7 +145,7 @@ def run_trl(model_name: str, n: int, epochs: int, device: str, grouped: bool) ->
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {"system": "trl-grouped" if grouped else "trl", "tokens": tokens, "label_tokens": label_tokens,
             "wall_s": wall, "tokens_per_s": tokens / wall, "steps": result.global_step,
-            "final_loss": result.training_loss, "peak_mem_mb": peak}
+            "mean_loss": result.training_loss, "peak_mem_mb": peak}  # training_loss: the mean of its per-step losses
 
 
 def matmul_peak_tflops(device: str) -> float:
@@ -211,9 +212,9 @@ def main() -> None:
             by[system] = {**mine[len(mine) // 2], "all_tokens_per_s": [r["tokens_per_s"] for r in mine]}
     print()
     print(table(["system", "tokens", "completion tokens", "steps", "median tokens/s", "all runs tokens/s",
-                 "final loss"],
+                 "mean loss per step"],
                 [[r["system"], r["tokens"], r.get("label_tokens") or "-", r["steps"], r["tokens_per_s"],
-                  " / ".join(f"{v:,.0f}" for v in r["all_tokens_per_s"]), r["final_loss"]] for r in by.values()]))
+                  " / ".join(f"{v:,.0f}" for v in r["all_tokens_per_s"]), r["mean_loss"]] for r in by.values()]))
     for other in ("trl", "trl-grouped"):
         if "engramma" in by and other in by:
             print(f"engramma / {other}: {by['engramma']['tokens_per_s'] / by[other]['tokens_per_s']:.2f}x tokens/s")
