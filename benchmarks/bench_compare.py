@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 import common  # noqa: F401  (sets sys.path and HF_HUB_OFFLINE)
 import corpus
 import numpy as np
-from common import environment, ms, pct, peak_rss_mib, table
+from common import environment, in_fresh_process, ms, pct, peak_rss_mib, table
 
 BATCH = 256
 QUERY_BATCH = 64
@@ -244,13 +242,6 @@ def rss_open_child(folder: Path) -> dict:
             "peak_rss_mib": peak_rss_mib()}
 
 
-def child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:], "args": args}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
@@ -281,7 +272,7 @@ def main() -> None:
             if system == "mem0" and size > args.mem0_max:
                 print(f"mem0 skipped at {size} (over --mem0-max {args.mem0_max})", flush=True)
                 continue
-            out = child([system, str(size), f"--searches={args.searches}"])
+            out = in_fresh_process(__file__, [system, str(size), f"--searches={args.searches}"])
             results["runs"].append(out)
             print(json.dumps(out), flush=True)
     if args.rss_items:
@@ -289,7 +280,7 @@ def main() -> None:
         try:
             for cmd in (["rss-build", str(folder / "store"), str(args.rss_items), str(args.rss_batch)],
                         ["rss-open", str(folder / "store")]):
-                out = child(cmd)
+                out = in_fresh_process(__file__, cmd)
                 results["rss"].append(out)
                 print(json.dumps(out), flush=True)
         finally:

@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import common  # noqa: F401  (sets sys.path and HF_HUB_OFFLINE)
-from common import environment, table
+from common import environment, in_fresh_process, table
 
 SYSTEMS = ("engramma", "trl", "trl-grouped")
 RANK, ALPHA, DROPOUT, LR, BATCH = 16, 32, 0.05, 2e-4, 8
@@ -168,13 +166,6 @@ def matmul_peak_tflops(device: str) -> float:
     return best
 
 
-def child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:], "args": args}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -200,8 +191,8 @@ def main() -> None:
     runs = []
     for repeat in range(args.repeats):
         for system in args.systems:  # alternating, so that a noisy minute on a shared machine hits each system
-            out = child([system, f"--model={args.model}", f"--examples={args.examples}", f"--epochs={args.epochs}",
-                         f"--device={device}"])
+            out = in_fresh_process(__file__, [system, f"--model={args.model}", f"--examples={args.examples}",
+                                              f"--epochs={args.epochs}", f"--device={device}"])
             runs.append({**out, "repeat": repeat})
             print(json.dumps(runs[-1]), flush=True)
     ok = [r for r in runs if "error" not in r]

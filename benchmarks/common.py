@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import platform
+import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,3 +54,11 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def in_fresh_process(script: str, args: list[str]) -> dict:
+    """Run `script --child ARGS` in a new interpreter; the last line it prints is its JSON result."""
+    proc = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-3000:], "args": args}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
