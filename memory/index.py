@@ -102,8 +102,9 @@ class FlatIndex:
         """(ids, vectors) of everything stored."""
         return self.ids(), self.index.index.reconstruct_n(0, self.index.ntotal)
 
-    def to_bytes(self) -> bytes:
-        return faiss.serialize_index(self.index).tobytes()
+    def to_bytes(self) -> np.ndarray:
+        """FAISS's serialisation as a uint8 array (a buffer: written as is, never copied into `bytes`)."""
+        return faiss.serialize_index(self.index)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> FlatIndex:
@@ -190,8 +191,9 @@ class IVFIndex:
                  for l in range(self.index.nlist) if invlists.list_size(l)]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
-    def to_bytes(self) -> bytes:
-        return faiss.serialize_index(self.index).tobytes()
+    def to_bytes(self) -> np.ndarray:
+        """FAISS's serialisation as a uint8 array (a buffer: written as is, never copied into `bytes`)."""
+        return faiss.serialize_index(self.index)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> IVFIndex:
@@ -260,7 +262,7 @@ class AutoIndex:
     def ids(self) -> np.ndarray:
         return self.inner.ids()
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self) -> np.ndarray:
         return self.inner.to_bytes()
 
     @classmethod
