@@ -1,9 +1,9 @@
 """Small helpers shared by the benchmark scripts: timing, percentiles, peak memory, environment line."""
 from __future__ import annotations
 
+import json
 import os
 import platform
-import json
 import resource
 import subprocess
 import sys
