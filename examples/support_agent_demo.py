@@ -38,7 +38,6 @@ from engramma.agents import LocalAgent  # noqa: E402
 from engramma.memory.store import open_existing, scalar  # noqa: E402
 from engramma.updater import consolidate, load_model  # noqa: E402
 from engramma.updater.dataset import normalise  # noqa: E402
-from engramma.updater.evaluate import generate  # noqa: E402
 from engramma.updater.report import write_report  # noqa: E402
 
 console = Console(width=max(120, Console().width))
@@ -97,11 +96,8 @@ def refund_window(mem: Memory) -> str:
 
 
 def from_weights(agent: LocalAgent, questions: list[str]) -> list[str]:
-    """The agent's answers with nothing recalled (its active adapters alone), as `agent.answer(q, recall=False)`
-    gives them, in one batch."""
-    agent.adapters.refresh()
-    return generate(agent.adapters.model, agent.lm.tokenizer, questions, system=agent.system,
-                    max_new_tokens=agent.max_new_tokens)
+    """The agent's answers with nothing recalled: its active adapters alone."""
+    return [a.text for a in agent.answer_many(questions, recall=False)]
 
 
 def in_house_style(answer: str) -> bool:

@@ -79,6 +79,22 @@ def test_the_context_block_fits_its_budget_and_its_scope(agent_store, tiny_model
                          min_score=0.6) == "", "nothing relevant: no block"
 
 
+def test_answer_many_answers_each_question_as_answer_does(agent_store, tiny):
+    """Batched answers are the one-by-one answers: each question gets its own recalled context."""
+    agent_store.observe_many([Item(text=f.text, kind="fact", source="docs") for f in
+                              tiny_lm.colour_facts(tiny_lm.TAUGHT[:3], seed=0)])
+    agent = LocalAgent(tiny, agent_store, max_new_tokens=8)
+    questions = [f"What is the colour of project {name}?" for name in tiny_lm.TAUGHT[:3]] + ["Trains leave when?"]
+    for recall in (True, False):
+        one_by_one = [agent.answer(q, recall=recall) for q in questions]
+        batched = agent.answer_many(questions, recall=recall, batch_size=3)
+        assert [a.text for a in batched] == [a.text for a in one_by_one]
+        assert [a.context for a in batched] == [a.context for a in one_by_one]
+    contexts = [a.context for a in agent.answer_many(questions)]
+    assert all(name in c for name, c in zip(tiny_lm.TAUGHT[:3], contexts)), "each question recalls its own fact"
+    assert len(set(contexts[:3])) == 3
+
+
 def test_feedback_becomes_items_the_policy_routes(agent_store):
     turn = observe_turn(agent_store, user="Where is my order?", reply="It left the depot today.", scope="session:s1")
     assert [r.item.kind.value for r in turn] == ["conversation", "conversation"] and turn[0].route == "index"

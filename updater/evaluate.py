@@ -29,11 +29,15 @@ def probe_of(item: Item) -> tuple[str, str] | None:
     return None
 
 
-def generate(model, tokenizer, prompts: list[str], *, system: str | None = None, max_new_tokens: int = 32,
-             batch_size: int = 16) -> list[str]:
-    """Greedy answers to user prompts (chat template when the tokenizer has one), batched with left padding."""
+def generate(model, tokenizer, prompts: list[str], *, system: str | list[str | None] | None = None,
+             max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    """Greedy answers to user prompts (chat template when the tokenizer has one), batched with left padding.
+    `system` is one system message for every prompt, or one per prompt."""
     import torch
 
+    systems = list(system) if isinstance(system, (list, tuple)) else [system] * len(prompts)
+    if len(systems) != len(prompts):
+        raise ValueError(f"{len(systems)} system messages for {len(prompts)} prompts")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[str] = []
@@ -41,7 +45,8 @@ def generate(model, tokenizer, prompts: list[str], *, system: str | None = None,
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
-            encoded = [chat_prompt_ids(tokenizer, p, system) for p in prompts[start:start + batch_size]]
+            encoded = [chat_prompt_ids(tokenizer, p, s) for p, s in
+                       zip(prompts[start:start + batch_size], systems[start:start + batch_size])]
             width = max(len(e) for e in encoded)
             ids = torch.full((len(encoded), width), pad, dtype=torch.long)
             mask = torch.zeros((len(encoded), width), dtype=torch.long)
