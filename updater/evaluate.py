@@ -31,8 +31,9 @@ def probe_of(item: Item) -> tuple[str, str] | None:
 
 def generate(model, tokenizer, prompts: list[str], *, system: str | list[str | None] | None = None,
              max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy answers to user prompts (chat template when the tokenizer has one), batched with left padding.
-    `system` is one system message for every prompt, or one per prompt."""
+    """Greedy answers to user prompts (chat template when the tokenizer has one), in the order given.
+    `system` is one system message for every prompt, or one per prompt. Prompts are batched by length with
+    left padding: on a CPU the prompt tokens are most of the cost, so padding would be paid in full."""
     import torch
 
     systems = list(system) if isinstance(system, (list, tuple)) else [system] * len(prompts)
@@ -40,24 +41,25 @@ def generate(model, tokenizer, prompts: list[str], *, system: str | list[str | N
         raise ValueError(f"{len(systems)} system messages for {len(prompts)} prompts")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[str] = []
+    encoded = [chat_prompt_ids(tokenizer, p, s) for p, s in zip(prompts, systems)]
+    order = sorted(range(len(encoded)), key=lambda n: len(encoded[n]))
+    out: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = [chat_prompt_ids(tokenizer, p, s) for p, s in
-                       zip(prompts[start:start + batch_size], systems[start:start + batch_size])]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(encoded), width), dtype=torch.long)
-            for row, e in enumerate(encoded):
-                ids[row, width - len(e):] = torch.tensor(e)
-                mask[row, width - len(e):] = 1
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(encoded[n]) for n in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for row, n in enumerate(rows):
+                ids[row, width - len(encoded[n]):] = torch.tensor(encoded[n])
+                mask[row, width - len(encoded[n]):] = 1
             with torch.inference_mode():
                 generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-            for row in generated[:, width:]:
-                out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            for n, tokens in zip(rows, generated[:, width:]):
+                out[n] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     finally:
         model.train(was_training)
     return out
