@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-learning clean
 
 # torch first and pinned: an unpinned torch (asked for by any dependency) pulls GBs of CUDA packages.
 $(STAMP): pyproject.toml constraints.txt
@@ -38,6 +38,12 @@ bench: install test-slow
 	$(PY) benchmarks/bench_policy.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_compare.py
+	$(PY) benchmarks/learning.py --small --resume
+
+# The learning benchmark's full run: every strategy, both regimes, 3 seeds where the claim is decided (hours on
+# 2 CPU cores). Each finished cell is saved; the same command continues a killed run.
+bench-learning: install
+	$(PY) benchmarks/learning.py --resume
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
