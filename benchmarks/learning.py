@@ -199,7 +199,12 @@ def wordings(fact) -> list[tuple[str, str]]:
 
 
 def ask(agent, questions: list[str], *, recall: bool, batch_size: int) -> list[str]:
-    return [a.text for a in agent.answer_many(questions, recall=recall, batch_size=batch_size)] if questions else []
+    return [a.text for a in asked(agent, questions, recall=recall, batch_size=batch_size)]
+
+
+def asked(agent, questions: list[str], *, recall: bool, batch_size: int) -> list:
+    """The agent's `Answer`s (text and recalled context)."""
+    return agent.answer_many(questions, recall=recall, batch_size=batch_size) if questions else []
 
 
 def accuracy_row(stream: Stream, columns: range, answer_of: dict[str, str]) -> dict[str, list[float | None]]:
@@ -245,9 +250,10 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8) -> float
     return math.exp(nll / counted)
 
 
-def known_text(run: Run, question: str, system: str) -> str:
-    """What an answer may repeat without inventing it: every fact of the stream, the question, the prompt."""
-    return "\n".join(run.stream.texts + [question, system])
+def known_text(run: Run, question: str, prompt: str) -> str:
+    """What an answer may repeat without inventing it: every fact of the stream, the question, and what the
+    model was shown (its system prompt, and for the agent its recalled context)."""
+    return "\n".join(run.stream.texts + [question, prompt])
 
 
 # -- the base model, measured once per run -----------------------------------------------------------------
@@ -282,13 +288,14 @@ def measure_base(run: Run) -> dict:
         agent = LocalAgent(lm, mem, max_new_tokens=run.setting.max_new_tokens,
                            context_tokens=run.setting.context_tokens)
         questions = all_questions(run)
-        answers = ask(agent, questions + run.prompts, recall=False, batch_size=run.setting.batch_size)
+        answers = ask(agent, questions, recall=False, batch_size=run.setting.batch_size)
+        general = ask(agent, run.prompts, recall=False, batch_size=run.setting.batch_size)  # batched alone, as in cells
         system = agent.system
     answer_of = dict(zip(questions, answers))
     row = accuracy_row(run.stream, range(len(run.stream.rounds)), answer_of)
     unknown = unanswerable(run)
     invented = [bool(lm_metrics.invented_specifics(answer_of[q], known_text(run, q, system))) for q in unknown]
-    base = {"config": run.config_hash, "answers": answer_of, "general": answers[len(questions):],
+    base = {"config": run.config_hash, "answers": answer_of, "general": general,
             "accuracy": row, "perplexity": perplexity(lm.model, lm.tokenizer, run.paragraphs), "system": system,
             "invented": sum(invented) / len(invented) if invented else None}
     _write_json(path, base)
@@ -367,8 +374,9 @@ def evaluate_weights(run: Run, agent, strategy: Strategy, r: int, cache: dict) -
     agent.adapters.refresh()
     seen = cache.setdefault(json.dumps(agent.adapters.versions, sort_keys=True), {})  # a rejected round: same weights
     questions = list(dict.fromkeys(q for j in columns for f in run.stream.stable[j] for _, q in wordings(f)))
-    todo = [q for q in questions + run.prompts if q not in seen]
-    seen.update(zip(todo, ask(agent, todo, recall=False, batch_size=run.setting.batch_size)))
+    # the general prompts in a call of their own, batched exactly as the base model's were
+    for batch in ([q for q in questions if q not in seen], [p for p in run.prompts if p not in seen]):
+        seen.update(zip(batch, ask(agent, batch, recall=False, batch_size=run.setting.batch_size)))
     row = accuracy_row(run.stream, columns, {q: seen[q] for q in questions})
     general = lm_metrics.agreement([seen[p] for p in run.prompts], run.base["general"])
     if "perplexity" not in seen:
@@ -385,7 +393,9 @@ def evaluate_final(run: Run, agent, strategy: Strategy) -> dict:
     stable_q = list(dict.fromkeys(q for r in stream.stable for f in r for q in asked_of_agent(f)))
     changed_q = list(dict.fromkeys(q for _, new in stream.changed for _, q in wordings(new)))
     unknown_q = unanswerable(run)
-    agent_answers = ask(agent, stable_q + changed_q + unknown_q, recall=True, batch_size=run.setting.batch_size)
+    replies = asked(agent, stable_q + changed_q + unknown_q, recall=True, batch_size=run.setting.batch_size)
+    agent_answers = [a.text for a in replies]
+    recalled = {q: a.context for q, a in zip(stable_q + changed_q + unknown_q, replies)}
     if strategy.replay is None:
         weight_answers = [run.base["answers"][q] for q in changed_q + unknown_q]
     else:
@@ -394,12 +404,15 @@ def evaluate_final(run: Run, agent, strategy: Strategy) -> dict:
     by_weights = dict(zip(changed_q + unknown_q, weight_answers))
     out = {"agent": accuracy_row(stream, range(len(stream.rounds)), by_agent), "changed": {}, "unanswerable": {},
            "answers": {"agent": [[q, by_agent[q]] for q in stable_q + changed_q + unknown_q],
-                       "weights": [[q, by_weights[q]] for q in changed_q + unknown_q]}}
+                       "weights": [[q, by_weights[q]] for q in changed_q + unknown_q],
+                       "recalled": [[q, recalled[q]] for q in unknown_q]}}
     for setting, answer_of in (("weights", by_weights), ("agent", by_agent)):
         values = Counter(lm_metrics.which_value(answer_of[q], old.answers, new.answers)
                          for old, new in stream.changed for _, q in wordings(new))
         out["changed"][setting] = {"asked": sum(values.values()), **values}
-        invented = {q: lm_metrics.invented_specifics(answer_of[q], known_text(run, q, agent.system)) for q in unknown_q}
+        # what the agent was shown (its recalled context) is known to it, not invented
+        shown = {q: agent.system + ("\n" + recalled[q] if setting == "agent" else "") for q in unknown_q}
+        invented = {q: lm_metrics.invented_specifics(answer_of[q], known_text(run, q, shown[q])) for q in unknown_q}
         out["unanswerable"][setting] = {"asked": len(unknown_q), "with_invented": sum(bool(v) for v in invented.values()),
                                         "invented": {q: v for q, v in invented.items() if v}}
     return out
@@ -500,8 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         (args.stream, "invented"), (args.form, "statement"), (args.split, "test")) if v != default])
     prompts, paragraphs = read_general(setting.general)
     run = Run(name, args.out, stream, args.form, setting, model, prompts=prompts, paragraphs=paragraphs)
+    content = hashlib.sha256(json.dumps([[[f.id, f.date.isoformat(), f.question, f.answers, f.statement,
+                                             f.paraphrases, f.key] for f in r] for r in stream.rounds]
+                                          + [paragraphs, list(stream.unanswerable)]).encode()).hexdigest()[:16]
     run.config = {"version": VERSION, "stream": args.stream, "data": str(args.data) if args.data else None,
                   "split": args.split, "form": args.form, "rounds": [[f.id for f in r] for r in stream.rounds],
+                  "content": content,
                   "model": setting.model if args.model is None else args.model, "overrides": setting.overrides,
                   "max_new_tokens": setting.max_new_tokens, "context_tokens": setting.context_tokens,
                   "prompts": prompts, "paragraphs": len(paragraphs), "unanswerable": unanswerable(run)}
@@ -520,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                          "give another --name")
         _write_json(saved, {"hash": run.config_hash, "config": run.config})
         execute(run, cells, resume=args.resume, reuse=not args.no_reuse)
+    elif (base := run.out / run.name / "base.json").is_file():
+        run.base = json.loads(base.read_text())
     path = learning_report.write(run, cells)
     print(f"wrote {path}", file=sys.stderr)
     return 0

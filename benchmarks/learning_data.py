@@ -63,18 +63,33 @@ class Stream:
 
     @property
     def changed(self) -> list[tuple[Fact, Fact]]:
-        """(first value, last value) of every key that got a new value in a later round."""
+        """(first value, last value) of every key whose value really changed in a later round: neither value's
+        accepted answers match the other's ('Joe Biden' then 'Biden' is no change)."""
+        from learning_metrics import matches
+
+        pairs = []
+        for fs in self._by_key().values():
+            first, last = fs[0], fs[-1]
+            if not any(matches(a, first.answers) for a in last.answers) and \
+                    not any(matches(a, last.answers) for a in first.answers):
+                pairs.append((first, last))
+        return pairs
+
+    @property
+    def stable(self) -> list[list[Fact]]:
+        """Per round, the facts whose right answer never moves: the accuracy matrix's columns. A key that
+        recurs without a change counts once, in the round that first taught it (a later round teaching it
+        again would otherwise count as remembering an earlier one)."""
+        moved = {f.key for pair in self.changed for f in pair}
+        first = {key: fs[0].id for key, fs in self._by_key().items()}
+        return [[f for f in r if f.key is None or (f.key not in moved and first[f.key] == f.id)] for r in self.rounds]
+
+    def _by_key(self) -> dict[str, list[Fact]]:
         by_key: dict[str, list[Fact]] = {}
         for f in self.facts:
             if f.key is not None:
                 by_key.setdefault(f.key, []).append(f)
-        return [(fs[0], fs[-1]) for fs in by_key.values() if len({f.answers[0] for f in fs}) > 1]
-
-    @property
-    def stable(self) -> list[list[Fact]]:
-        """Per round, the facts whose right answer never moves: the accuracy matrix's columns."""
-        moved = {f.key for pair in self.changed for f in pair}
-        return [[f for f in r if f.key is None or f.key not in moved] for r in self.rounds]
+        return by_key
 
     @property
     def texts(self) -> list[str]:
@@ -179,10 +194,12 @@ def situatedqa(folder: Path, split: str, rounds: int, per_round: int) -> list[Fa
     path = Path(folder) / name
     if not path.is_file():
         raise ValueError(f"{path}: not found; --data names the SituatedQA temporal folder (it holds {name})")
+    rows = [r for r in map(json.loads, open(path, encoding="utf-8")) if r.get("date_type") == "start" and r.get("answer")]
+    # A year alone ('2021') reads as 1 January; where the question also has finer dates, it is a coarse duplicate.
+    finer = {str(r["id"]) for r in rows if not re.fullmatch(r"\d{4}", str(r["date"]).strip())}
     starts = []
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)
-        if row.get("date_type") != "start" or not row.get("answer"):
+    for row in rows:
+        if re.fullmatch(r"\d{4}", str(row["date"]).strip()) and str(row["id"]) in finer:
             continue
         try:
             date = parse_date(row["date"])

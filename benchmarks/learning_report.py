@@ -10,7 +10,7 @@ from pathlib import Path
 
 import learning_metrics as m
 
-WORDINGS = (("probe", "training wording"), ("heldout", "held-out wordings"))
+WORDINGS = (("probe", "probe wording"), ("heldout", "held-out wordings"))
 
 
 def _load(run, cells) -> dict[str, dict]:
@@ -88,6 +88,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+TRAINED_ON = {  # what each form trains a fact on (updater/dataset.py's templates), for the report's reader
+    "statement": "the statement as plain text (a keyed fact: the statement as the answer to \"What is the <key>?\")",
+    "probe": "the probe's question answered with the statement",
+    "pair": "the probe wording as the prompt and the statement as the response",
+}
+
+
 def write(run, cells) -> Path:
     """Write the report files of `run` from its saved cells; returns the markdown file's path."""
     data = _load(run, cells)
@@ -104,6 +111,10 @@ def write(run, cells) -> Path:
     order = [(s, r) for r in regimes for s in run.setting.strategies if (s, r) in groups]
     recall = next((per_cell[n[0]] for (s, _), n in groups.items() if s == "index"), None)
     base_invented = run.base.get("invented")
+    stream = run.stream
+    # held-out wordings where the stream has them (how users ask); else the probe wording
+    w0 = "heldout" if any(f.paraphrases for f in stream.facts) else "probe"
+    l0 = dict(WORDINGS)[w0]
 
     def g(key):
         return [per_cell[n] for n in groups[key]]
@@ -112,47 +123,69 @@ def write(run, cells) -> Path:
         n = len(groups[key])
         return f"{n}" + ("" if n > 1 or key[0] == "index" else " (one seed)")
 
-    stream = run.stream
     sizes = [len(r) for r in stream.stable]
+    ungated_rejections = {name: [d for d in sum(c["decisions"], []) if not d.startswith("promoted")]
+                          for name, c in per_cell.items() if "-ungated-" in name}
     lines = [f"# Learning benchmark: {run.name}", "",
              f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.node() or 'this machine'} "
-             f"({platform.processor() or platform.machine()}, {_cpus()} CPUs, no GPU unless named), Python "
+             f"({platform.processor() or platform.machine()}, {_cpus()} CPUs, {_accelerator()}), Python "
              f"{platform.python_version()}. Command: `python benchmarks/learning.py {' '.join(sys.argv[1:])}`.", "",
              f"- stream: `{run.config['stream']}` ({run.config['split']} split), {len(stream.rounds)} rounds of "
-             f"{', '.join(str(len(r)) for r in stream.rounds)} facts, observed in the `{run.form}` form; "
-             f"{sum(sizes)} stable facts in the accuracy matrix, {len(stream.changed)} facts whose value changed, "
-             f"{len(run.config['unanswerable'])} questions no fact answers, {len(run.prompts)} general prompts, "
-             f"{run.config['paragraphs']} general paragraphs;",
+             f"{', '.join(str(len(r)) for r in stream.rounds)} facts, observed in the `{run.form}` form, which trains "
+             f"{TRAINED_ON[run.form]}; {sum(sizes)} stable facts in the accuracy matrix, {len(stream.changed)} facts "
+             f"whose value changed, {len(run.config['unanswerable'])} questions no fact answers, {len(run.prompts)} "
+             f"general prompts, {run.config['paragraphs']} general paragraphs;",
              f"- model: `{run.config['model']}`; every strategy: the shipped default preset's model, LoRA, training, "
              f"replay budget and gate, with `min_items: 1`" + (", and " + ", ".join(f"`{k}: {v}`" for k, v in
                                                                 run.setting.overrides) if run.setting.overrides else "")
              + ";",
              "- **gated**: exactly as shipped, the gate decides and the agent uses what was promoted; **ungated**: the "
-             "gate's thresholds opened, so every candidate is promoted and measured;",
+             "gate's thresholds opened, so every candidate is promoted and measured (the `new_likelihood` check, which "
+             "has no threshold, can still reject: any such verdict is listed below);",
              "- accuracy is from the weights alone (the agent's `answer(recall=False)`: its system prompt, its active "
-             "adapters) unless named; an answer is right when an accepted answer appears in it as whole words; "
-             "held-out wordings are paraphrases no strategy ever trains on;",
+             "adapters) unless named; an answer is right when an accepted answer appears in it as whole words. The "
+             "*probe wording* is each fact's question (what the probe and pair forms train on); *held-out wordings* "
+             "are two paraphrases of it that no strategy ever trains on. The agent as shipped is asked the held-out "
+             "wordings (the probe wording where a stream has none);",
              "- R[i][j] is the accuracy after round i on round j's facts; BWT = mean of R[T][j] - R[j][j]; "
              "FWT = mean of R[j-1][j] - base[j]; forgetting = mean of the best earlier R[i][j] minus R[T][j]; "
-             "new = mean of R[j][j]; mean ± sample standard deviation over seeds.", ""]
+             "new = mean of R[j][j]; mean ± sample standard deviation over seeds;",
+             "- `hybrid` keeps keyed facts (the ones the data marks as changeable) in the index only, so its weights "
+             "never hold them: compare it on the agent as shipped. At this scale the reservoir (1,000 slots) holds "
+             "every fact, so `reservoir` is uniform replay over all learned facts, as `random` is.", ""]
     if failed:
         lines += ["**Cells that failed** (rerun with `--resume`): " + "; ".join(f"{k}: {v}" for k, v in failed.items()), ""]
+    if any(ungated_rejections.values()):
+        lines += ["**Ungated verdicts other than promoted**: " + "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in ungated_rejections.items() if v) + ".", ""]
     same = {name: d["same_as"] for name, d in ok.items() if d.get("same_as")}
     if same:
         lines += ["Ungated cells whose gated twin promoted every round are that same run (the regimes differ only in "
-                  "the gate's verdicts; training is seeded and deterministic): " + ", ".join(
+                  "the gate's verdicts; training is seeded and deterministic), and their cost is the twin's: " + ", ".join(
                       f"{k} = {v}" for k, v in same.items()) + ".", ""]
     missing = [c.name for c in cells if c.name not in data]
     if missing:
         lines += [f"**Cells not run yet**: {', '.join(missing)}.", ""]
+    name = run.name
+    summary = {"run": name, "config": run.config_hash, "cells": per_cell, "failed": failed,
+               "groups": {f"{s}|{r}": {k: m.spread([per_cell[n].get(k) for n in groups[(s, r)]])
+                                       for k in per_cell[groups[(s, r)][0]] if _scalar(per_cell[groups[(s, r)][0]][k])}
+                          for s, r in order},
+               "recall_alone": {w: recall[f"{w}_agent"] for w, _ in WORDINGS} if recall else None,
+               "base_invented": base_invented}
+    (run.out / f"{name}.json").write_text(json.dumps(summary, indent=1, default=str))
+    md = run.out / f"{name}.md"
+    if not order:
+        md.write_text("\n".join(lines + ["No cell has finished yet."]))
+        return md
 
     lines += ["## Summary", "", _table(
-        ["strategy", "regime", "seeds", "promoted", "new (probe)", "new (held-out)", "final (held-out)",
-         "BWT (held-out)", "forgetting (held-out)", "agent (held-out)", "perplexity", "agreement", "invented (agent)"],
+        ["strategy", "regime", "seeds", "promoted", "new (probe)", f"new ({l0})", f"final ({l0})",
+         f"BWT ({l0})", f"forgetting ({l0})", f"agent ({l0})", "perplexity", "agreement", "invented (agent)"],
         [[s, r, seeds((s, r)), _promoted(g((s, r))), _cell(g((s, r)), "probe_new_accuracy"),
-          _cell(g((s, r)), "heldout_new_accuracy"), _cell(g((s, r)), "heldout_average_accuracy"),
-          _cell(g((s, r)), "heldout_bwt", signed=True), _cell(g((s, r)), "heldout_forgetting"),
-          _cell(g((s, r)), "heldout_agent"), _cell(g((s, r)), "perplexity_change", pct=True, signed=True),
+          _cell(g((s, r)), f"{w0}_new_accuracy"), _cell(g((s, r)), f"{w0}_average_accuracy"),
+          _cell(g((s, r)), f"{w0}_bwt", signed=True), _cell(g((s, r)), f"{w0}_forgetting"),
+          _cell(g((s, r)), f"{w0}_agent"), _cell(g((s, r)), "perplexity_change", pct=True, signed=True),
           _cell(g((s, r)), "agreement"), _cell(g((s, r)), "invented_agent", pct=True)] for s, r in order]), ""]
     for w, label in WORDINGS:
         lines += [f"## Accuracy matrix metrics, {label}", "", _table(
@@ -160,24 +193,24 @@ def write(run, cells) -> Path:
             [[s, r, *(_cell(g((s, r)), f"{w}_{k}", signed=k in ("bwt", "fwt")) for k in
                       ("average_accuracy", "bwt", "fwt", "forgetting", "new_accuracy"))] for s, r in order]), ""]
     lines += ["## The agent as shipped: recall plus adapters, against each alone", "",
-              "Recall alone is the `index` strategy's agent: the base model answering with what it recalls.", "",
-              _table(["strategy", "regime"] + [f"{who} ({label})" for w, label in WORDINGS
-                                                for who in ("weights alone", "recall alone", "agent")],
-                     [[s, r] + [x for w, _ in WORDINGS for x in (
-                         _cell(g((s, r)), f"{w}_average_accuracy"),
-                         _fmt(recall[f"{w}_agent"]) if recall else "-", _cell(g((s, r)), f"{w}_agent"))]
+              f"After the last round, {l0}. Recall alone is the `index` strategy's agent: the base model answering "
+              "with what it recalls.", "",
+              _table(["strategy", "regime", "weights alone", "recall alone", "agent"],
+                     [[s, r, _cell(g((s, r)), f"{w0}_average_accuracy"),
+                       _fmt(recall[f"{w0}_agent"]) if recall else "-", _cell(g((s, r)), f"{w0}_agent")]
                       for s, r in order]), ""]
     lines += ["## Facts whose value changed: which value is answered", "",
               f"{len(stream.changed)} keys got a new value in a later round; each is asked in every wording after the "
-              "last round. current / old / neither (an answer naming both counts as neither's sibling, `both`, not shown).", "",
+              "last round: the current value, the old one, or neither (an answer naming both is counted apart).", "",
               _table(["strategy", "regime", "weights: current", "weights: old", "weights: neither",
                       "agent: current", "agent: old", "agent: neither"],
                      [[s, r] + [_cell(g((s, r)), f"changed_{who}_{what}", pct=True) for who in ("weights", "agent")
                                 for what in ("current", "old", "neither")] for s, r in order]), ""]
     lines += ["## Questions no memory answers: answers stating invented specifics", "",
               "A specific is a number (price, time, date, count) or a name (a capitalised word not starting a "
-              "sentence) that appears in no fact of the stream, nor in the question or the agent's prompt. "
-              f"The base model, from its weights alone: {_fmt(base_invented, pct=True)}.", "",
+              "sentence) that appears in no fact of the stream, nor in the question or what the model was shown "
+              f"(its system prompt; for the agent, its recalled context). The base model, from its weights alone: "
+              f"{_fmt(base_invented, pct=True)}.", "",
               _table(["strategy", "regime", "weights alone", "agent"],
                      [[s, r, _cell(g((s, r)), "invented_weights", pct=True), _cell(g((s, r)), "invented_agent", pct=True)]
                       for s, r in order]), ""]
@@ -192,8 +225,8 @@ def write(run, cells) -> Path:
                        _cell(g((s, r)), "identical", pct=True)] for s, r in order]), ""]
     lines += ["## Gate verdicts and failing checks, per round", "",
               _table(["cell"] + [f"round {n + 1}" for n in range(len(stream.rounds))],
-                     [[name] + ["; ".join(d) or "-" for d in per_cell[name]["decisions"]]
-                      for name in per_cell if not name.startswith("index-")]), ""]
+                     [[cell_name] + ["; ".join(d) or "-" for d in per_cell[cell_name]["decisions"]]
+                      for cell_name in per_cell if not cell_name.startswith("index-")]), ""]
     lines += ["## Cost", "", "Training tokens (all rounds), training time, the consolidation job's wall time "
               "(planning, training, gate), and the benchmark's own asking time, per cell (mean over seeds).", "",
               _table(["strategy", "regime", "training tokens", "training s", "consolidation s", "asking s", "cell min"],
@@ -201,25 +234,24 @@ def write(run, cells) -> Path:
                        _cell(g((s, r)), "consolidate_s", whole=True), _cell(g((s, r)), "eval_s", whole=True),
                        f"{sum(x['wall_s'] for x in g((s, r))) / len(g((s, r))) / 60:.1f}"]
                       for s, r in order]), ""]
-    name = run.name
-    plots = _plots(run, per_cell, groups, order)
-    if plots:
+    if _plots(run, per_cell, groups, order, w0):
         lines += ["## Round 1's facts after each round", "", f"![round 1]({name}-round1.png)", "",
                   f"![general ability]({name}-general.png)", ""]
-    lines += ["## Accuracy matrices (held-out wordings; rows: after round i, columns: round j's facts)", ""]
+    lines += [f"## Accuracy matrices ({l0}; rows: after round i, columns: round j's facts)", ""]
     for cell_name, d in ok.items():
-        rows = [[f"after {i + 1}"] + [_fmt(v) for v in r["weights"]["heldout"]] for i, r in enumerate(d["rounds"])]
+        rows = [[f"after {i + 1}"] + [_fmt(v) for v in r["weights"][w0]] for i, r in enumerate(d["rounds"])]
         lines += [f"`{cell_name}`", "", _table([""] + [f"r{j + 1}" for j in range(len(stream.rounds))], rows), ""]
-    md = run.out / f"{name}.md"
     md.write_text("\n".join(lines))
-    summary = {"run": name, "config": run.config_hash, "cells": per_cell, "failed": failed,
-               "groups": {f"{s}|{r}": {k: m.spread([per_cell[n].get(k) for n in groups[(s, r)]])
-                                       for k in per_cell[groups[(s, r)][0]] if _scalar(per_cell[groups[(s, r)][0]][k])}
-                          for s, r in order},
-               "recall_alone": {w: recall[f"{w}_agent"] for w, _ in WORDINGS} if recall else None,
-               "base_invented": base_invented}
-    (run.out / f"{name}.json").write_text(json.dumps(summary, indent=1, default=str))
     return md
+
+
+def _accelerator() -> str:
+    try:
+        import torch
+
+        return f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    except ImportError:
+        return "no GPU"
 
 
 def _scalar(value) -> bool:
@@ -237,7 +269,7 @@ def _cpus() -> int:
     return os.cpu_count() or 0
 
 
-def _plots(run, per_cell, groups, order) -> bool:
+def _plots(run, per_cell, groups, order, w0: str) -> bool:
     try:
         import matplotlib
 
@@ -245,24 +277,27 @@ def _plots(run, per_cell, groups, order) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    nan = float("nan")
     regimes = list(dict.fromkeys(r for _, r in order))
-    rounds = range(1, len(run.stream.rounds) + 1)
-    fig, axes = plt.subplots(2, len(regimes), figsize=(6 * len(regimes), 8), squeeze=False, sharey=True)
+    rounds = list(range(1, len(run.stream.rounds) + 1))
+    wordings = [w for w in WORDINGS if w[0] == "probe" or w[0] == w0]
+    fig, axes = plt.subplots(len(wordings), len(regimes), figsize=(6 * len(regimes), 4 * len(wordings)),
+                             squeeze=False, sharey=True)
     for col, regime in enumerate(regimes):
-        for row, (w, label) in enumerate(WORDINGS):
+        for row, (w, label) in enumerate(wordings):
             ax = axes[row][col]
             for s, r in order:
                 if r != regime:
                     continue
                 series = [per_cell[n][f"{w}_round1"] for n in groups[(s, r)]]
                 stats = [m.spread([x[i] for x in series]) for i in range(len(rounds))]
-                means = [st[0] for st in stats]
-                errors = [st[1] or 0 for st in stats]
-                ax.errorbar(list(rounds), means, yerr=errors, marker="o", capsize=3, label=s)
+                means = [nan if st[0] is None else st[0] for st in stats]
+                errors = [st[1] or 0.0 for st in stats]
+                ax.errorbar(rounds, means, yerr=errors, marker="o", capsize=3, label=s)
             ax.set_title(f"{regime}: round 1's facts, {label}")
             ax.set_xlabel("after round")
             ax.set_ylabel("accuracy (weights alone)")
-            ax.set_xticks(list(rounds))
+            ax.set_xticks(rounds)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0][col].legend(fontsize=8)
@@ -279,11 +314,11 @@ def _plots(run, per_cell, groups, order) -> bool:
                 if r != regime:
                     continue
                 series = [per_cell[n][key] for n in groups[(s, r)]]
-                ax.plot(list(rounds), [m.spread([x[i] for x in series])[0] for i in range(len(rounds))],
-                        marker="o", label=s)
+                means = [m.spread([x[i] for x in series])[0] for i in range(len(rounds))]
+                ax.plot(rounds, [nan if v is None else v for v in means], marker="o", label=s)
             ax.set_title(f"{regime}: {label}")
             ax.set_xlabel("after round")
-            ax.set_xticks(list(rounds))
+            ax.set_xticks(rounds)
             ax.grid(alpha=0.3)
         axes[0][col].legend(fontsize=8)
     fig.tight_layout()

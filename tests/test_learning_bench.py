@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -114,14 +115,39 @@ def test_each_strategy_gets_its_own_replay_and_the_same_everything_else():
         learning.parse_overrides(["consolidation.replay=none"])
 
 
-def _row(md: str, strategy: str, regime: str, after: str) -> list[str]:
-    """The cells of the first table row for (strategy, regime) after the heading `after`."""
-    section = md.split(after, 1)[1]
-    for line in section.splitlines():
+def _row(md: str, strategy: str, regime: str, section: str) -> list[str]:
+    """The cells of the table row for (strategy, regime) in the section headed `section`."""
+    body = md.split(section + "\n", 1)[1].split("\n## ", 1)[0]
+    for line in body.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[:2] == [strategy, regime]:
             return cells
-    raise AssertionError(f"no row for {strategy}/{regime} after {after!r}")
+    raise AssertionError(f"no row for {strategy}/{regime} in {section!r}")
+
+
+def _bwt(matrix):
+    """BWT written out by hand: the last row against the diagonal, over the rounds before the last."""
+    last = len(matrix) - 1
+    diffs = [matrix[last][j] - matrix[j][j] for j in range(last)]
+    return sum(diffs) / len(diffs)
+
+
+def test_situatedqa_changes_are_real_changes_and_coarse_years_give_way(tmp_path):
+    rows = [  # (id, date, date_type, answers)
+        (1, "2019", "start", ["Ann"]), (1, "March 3, 2019", "start", ["Ann"]), (1, "June 1, 2020", "start", ["Bo"]),
+        (2, "2020", "start", ["Joe Biden"]), (2, "2021", "start", ["Biden", "Joe Biden"]),
+        (3, "May 2, 2020", "start", ["Oslo"]), (3, "2020", "sampled_year", ["Oslo"]),
+    ]
+    (tmp_path / "qa_data_temp.test.jsonl").write_text("\n".join(json.dumps(
+        {"question": f"who leads club {i}", "id": i, "date": d, "date_type": t, "answer": a}) for i, d, t, a in rows))
+    stream = load_stream("situatedqa", data=tmp_path, split="test", rounds=5, per_round=1)
+    assert [(f.date.date().isoformat(), f.answers) for f in stream.facts] == [
+        ("2019-03-03", ("Ann",)), ("2020-01-01", ("Joe Biden",)), ("2020-05-02", ("Oslo",)),
+        ("2020-06-01", ("Bo",)), ("2021-01-01", ("Biden", "Joe Biden"))], "the year-only 2019 row of club 1 gave way"
+    assert [(o.answers, n.answers) for o, n in stream.changed] == [(("Ann",), ("Bo",))], "Biden is no change"
+    assert [[f.answers[0] for f in r] for r in stream.stable] == [[], ["Joe Biden"], ["Oslo"], [], []], \
+        "changed keys leave the matrix; a key that recurs unchanged counts once, where it was first taught"
+    assert all(not f.paraphrases for f in stream.facts)
 
 
 def test_a_quick_run_writes_every_strategy_and_numbers_that_agree(tmp_path, tiny_model_path):
@@ -150,31 +176,29 @@ def test_a_quick_run_writes_every_strategy_and_numbers_that_agree(tmp_path, tiny
         for which in ("probe", "heldout"):
             matrix = [r["weights"][which] for r in rounds]
             assert all(v is not None for v in matrix[0]) and all(v is not None for v in matrix[1])  # j <= i + 1
-            recomputed = m.continual(matrix, base["accuracy"][which])
-            assert recomputed == cell["metrics"][which]
-            assert summary["cells"][name][f"{which}_bwt"] == recomputed["bwt"]
-        if cell["cell"]["strategy"] == "index":
-            assert all(not r["consolidation"] for r in rounds)
-            assert [r["weights"]["probe"] for r in rounds][-1] == base["accuracy"]["probe"]
-        else:
+            assert summary["cells"][name][f"{which}_bwt"] == pytest.approx(_bwt(matrix))
+            assert cell["metrics"][which]["bwt"] == pytest.approx(_bwt(matrix))
+        if cell["cell"]["strategy"] != "index":
             assert all(len(r["consolidation"]) == 1 for r in rounds)
             if cell["cell"]["regime"] == "ungated":
                 assert all(r["consolidation"][0]["decision"] == "promoted" for r in rounds)
-        # the final tables are recomputed from the saved answers
+        # the final tables are recomputed here from the saved answers
         final = cell["final"]
-        agent = dict(final["answers"]["agent"])
-        changed = sum(final["changed"]["agent"].get(k, 0) for k in ("current", "old", "both", "neither"))
-        assert changed == final["changed"]["agent"]["asked"] > 0
+        agent, recalled = dict(final["answers"]["agent"]), dict(final["answers"]["recalled"])
+        values = Counter(m.which_value(agent[q], old.answers, new.answers)
+                         for old, new in stream.changed for q in (new.question, *new.paraphrases))
+        assert {k: v for k, v in final["changed"]["agent"].items() if k != "asked"} == dict(values)
         for q in stream.unanswerable[:6]:
-            known = "\n".join(stream.texts + [q, base["system"]])
+            known = "\n".join(stream.texts + [q, base["system"] + "\n" + recalled[q]])
             assert m.invented_specifics(agent[q], known) == final["unanswerable"]["agent"]["invented"].get(q, [])
-        assert final["unanswerable"]["agent"]["with_invented"] == len(final["unanswerable"]["agent"]["invented"])
-        assert final["agent"] == learning.accuracy_row(stream, range(2), agent)
+        right = [sum(m.matches(agent[q], f.answers) for q in f.paraphrases) / 2 for f in stream.stable[1]]
+        assert final["agent"]["heldout"][1] == pytest.approx(sum(right) / len(right))
 
     # The markdown shows the JSON's numbers: BWT on held-out wordings, recomputed from the naive cell's matrix.
     naive = cells["naive-ungated-s0"]
-    bwt = m.continual([r["weights"]["heldout"] for r in naive["rounds"]], base["accuracy"]["heldout"])["bwt"]
+    bwt = _bwt([r["weights"]["heldout"] for r in naive["rounds"]])
     assert _row(md, "naive", "ungated", "## Accuracy matrix metrics, held-out wordings")[3] == f"{bwt:+.2f}"
+    assert _row(md, "naive", "ungated", "## Summary")[7] == f"{bwt:+.2f}"
     group = summary["groups"]["naive|ungated"]["heldout_bwt"]
     assert group[0] == bwt and group[2] == 1
 
@@ -202,3 +226,30 @@ def test_a_quick_run_writes_every_strategy_and_numbers_that_agree(tmp_path, tiny
     assert copy["same_as"] == f"{twins[0]}-gated-s0" and measured(copy) == measured(cells[f"{twins[0]}-ungated-s0"])
     assert copy["policy"]["gate"]["min_new_accuracy"] == 0
     assert not math.isnan(summary["cells"]["naive-gated-s0"]["perplexity_change"])
+
+    # --report-only rewrites the files from the saved cells, the base model's reference included.
+    (tmp_path / "learning-quick.md").unlink()
+    report = subprocess.run(command + ["--report-only"], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    rewritten = (tmp_path / "learning-quick.md").read_text()
+    assert f"(base: {base['perplexity']:.2f})" in rewritten and "nan" not in rewritten
+
+
+def test_a_stream_without_paraphrases_reports_on_its_probe_wording(tmp_path, tiny_model_path):
+    """SituatedQA-like data has no held-out wordings: the tables fall back to the probe wording, and nothing
+    crashes on the empty held-out columns."""
+    data = tmp_path / "facts.jsonl"
+    facts = [("Which depot ships orders to Norvik?", "Bergmoor"), ("What colour is the Tallow tram?", "ochre"),
+             ("Who runs the Pell kiosk?", "Ida Varn"), ("When does the Quay market open?", "7 am")]
+    data.write_text("\n".join(json.dumps({"question": q, "answer": a, "date": f"2024-0{n + 1}-01"})
+                              for n, (q, a) in enumerate(facts)) + "\n")
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick", "--model", str(tiny_model_path),
+               "--out", str(tmp_path), "--stream", "jsonl", "--data", str(data), "--facts-per-round", "2",
+               "--strategies", "index", "naive", "--regimes", "gated"]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    md = (tmp_path / "learning-quick-jsonl.md").read_text()
+    row = _row(md, "naive", "gated", "## Summary")
+    assert "final (probe wording)" in md and row[6] != "-"
+    assert (tmp_path / "learning-quick-jsonl-round1.png").is_file()
+
