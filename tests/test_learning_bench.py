@@ -235,6 +235,7 @@ def test_a_quick_run_writes_every_strategy_and_numbers_that_agree(tmp_path, tiny
     assert f"(base: {base['perplexity']:.2f})" in rewritten and "nan" not in rewritten
 
 
+@pytest.mark.slow  # ~20 s more, kept out of make test's 20-minute budget
 def test_a_stream_without_paraphrases_reports_on_its_probe_wording(tmp_path, tiny_model_path):
     """SituatedQA-like data has no held-out wordings: the tables fall back to the probe wording, and nothing
     crashes on the empty held-out columns."""
