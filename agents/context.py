@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from engramma.memory import Hit, Memory
+from engramma.updater.layout import HEADER, memory_line
 
 
 def approximate_tokens(text: str) -> int:
@@ -12,14 +13,12 @@ def approximate_tokens(text: str) -> int:
 
 
 def format_hit(hit: Hit) -> str:
-    item = hit.item
-    when = item.ts.strftime("%Y-%m-%d") if item.ts else ""
-    return f"- [{item.kind.value}{', ' + when if when else ''}] {item.text}"
+    return memory_line(hit.item.kind.value, hit.item.text, hit.item.ts)
 
 
 def context_block(memory: Memory, query: str, *, scope: str | Sequence[str] = "global", budget_tokens: int = 400,
                   k: int = 20, min_score: float = 0.2, count_tokens: Callable[[str], int] = approximate_tokens,
-                  header: str = "What you remember that may help:") -> str:
+                  header: str = HEADER) -> str:
     """The best recalled items, most relevant first, as long as the whole block fits in `budget_tokens` (header
     and line breaks included: the block itself is counted, since tokens do not add up line by line). Returns ""
     when nothing relevant enough (cosine below `min_score`) is remembered."""

@@ -13,8 +13,7 @@ from engramma.agents.context import context_block
 from engramma.memory import Memory
 from engramma.updater import ActiveAdapters, LanguageModel
 from engramma.updater.evaluate import generate
-
-SYSTEM = "You are a helpful, concise support assistant."
+from engramma.updater.layout import SYSTEM, system_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +47,7 @@ class LocalAgent:
         self.adapters.refresh()
         contexts = [context_block(self.memory, q, scope=self.scope, budget_tokens=self.context_tokens,
                                   count_tokens=self._count) if recall else "" for q in questions]
-        systems = [self.system + ("\n\n" + c if c else "") for c in contexts]
+        systems = [system_message(c, self.system) for c in contexts]
         texts = generate(self.adapters.model, self.lm.tokenizer, list(questions), system=systems,
                          max_new_tokens=self.max_new_tokens, batch_size=batch_size)
         return [Answer(t, c, self.adapters.versions) for t, c in zip(texts, contexts)]

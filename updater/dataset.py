@@ -17,12 +17,16 @@ IGNORE = -100  # label of a token that carries no loss (prompt, padding)
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One training pair. `prompt` None: plain text, the loss covers all of `completion`."""
+    """One training pair. `prompt` None: plain text, the loss covers all of `completion`. `system`: the system
+    message the prompt is asked under (the agent's layout); `ends`: the completion is whole, so the model learns
+    to stop after it (a truncated answer is learned without the end-of-turn token)."""
 
     item_id: int
-    role: str  # new | replay
+    role: str  # new | replay | anchor
     prompt: str | None
     completion: str
+    system: str | None = None
+    ends: bool = True
 
 
 def _words(key: str) -> str:
@@ -74,14 +78,17 @@ def normalise(text: str) -> str:
 
 def example_for(item_id: int, item: Item, role: str) -> Example:
     """A demonstration is its own pair; a probe's question is answered with the item's text (or the probe's
-    answer when the text does not contain it); otherwise the template of the item's kind."""
+    answer when the text does not contain it); otherwise the template of the item's kind. Questions are asked
+    under the agent's system message."""
+    from engramma.updater.layout import system_message
+
     if item.prompt is not None and item.response is not None:
-        return Example(item_id, role, item.prompt, item.response)
+        return Example(item_id, role, item.prompt, item.response, system=system_message())
     if item.probe is not None:
         answer = item.text if normalise(item.probe.answer) in normalise(item.text) else item.probe.answer
-        return Example(item_id, role, item.probe.question, answer)
+        return Example(item_id, role, item.probe.question, answer, system=system_message())
     prompt, completion = TEMPLATES[item.kind](item)
-    return Example(item_id, role, prompt, completion)
+    return Example(item_id, role, prompt, completion, system=system_message() if prompt is not None else None)
 
 
 # -- tokens -----------------------------------------------------------------------------------------------
@@ -104,7 +111,7 @@ class TokenizedExample:
 
 def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
     """Token ids of a user turn (after a system message, if given) followed by the assistant's cue, as
-    generation sees them. Training uses no system message: the chat template's default, if it has one."""
+    generation sees them."""
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
@@ -119,22 +126,24 @@ def _ids(encoded) -> list[int]:
 
 
 def tokenize(example: Example, tokenizer, max_length: int) -> TokenizedExample:
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None and example.ends else []
+    system = example.system
     if example.prompt is None:
         ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + eos
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         ids = bos + ids
         labels = [IGNORE] * len(bos) + ids[len(bos):]
-    elif getattr(tokenizer, "chat_template", None):
-        prompt_ids = chat_prompt_ids(tokenizer, example.prompt)
+    elif getattr(tokenizer, "chat_template", None) and example.ends:
+        prompt_ids = chat_prompt_ids(tokenizer, example.prompt, system)
         ids = _ids(tokenizer.apply_chat_template(
-            [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": example.completion}],
+            ([{"role": "system", "content": system}] if system else [])
+            + [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": example.completion}],
             tokenize=True))
         if ids[:len(prompt_ids)] != prompt_ids:  # a template that renders the prompt differently once answered
             ids = prompt_ids + tokenizer(example.completion, add_special_tokens=False)["input_ids"] + eos
         labels = [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]
     else:
-        prompt_ids = chat_prompt_ids(tokenizer, example.prompt)
+        prompt_ids = chat_prompt_ids(tokenizer, example.prompt, system)
         ids = prompt_ids + tokenizer(example.completion, add_special_tokens=False)["input_ids"] + eos
         labels = [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]
     if len(ids) > max_length:  # keep the end: the completion is what is learned
