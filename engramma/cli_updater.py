@@ -250,7 +250,10 @@ def adapters_merge(
 
 @app.command()
 def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")], as_json: AsJson = False) -> None:
-    """Every adapter that saw ITEM_ID, its role (new, replay, merged) and the adapter's state."""
+    """Every adapter that saw ITEM_ID, its role (new, replay, merged) and the adapter's state, and the training
+    pairs made from it (the questions it was trained on and the one held out for the gate)."""
+    from engramma.updater import augment as augmentation
+
     db = _registry(store)
     try:
         with db.transaction() as con:
@@ -262,13 +265,16 @@ def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")]
                 "JOIN adapters a ON a.version = l.adapter_version WHERE l.item_id = ? "
                 "ORDER BY CAST(substr(a.version, 2) AS INTEGER)", [item_id]).fetchall()
             queued = con.execute("SELECT status FROM queue WHERE item_id = ?", [item_id]).fetchall()
+            pairs = augmentation.load(con, [item_id]).get(item_id, [])
     finally:
         db.close()
     status, route, rule, scope = item[0]
     data = {"item": item_id, "status": status, "route": route, "rule": rule, "scope": scope,
             "queue": queued[0][0] if queued else None,
             "adapters": [{"version": v, "role": role, "status": st, "tainted": t, "train_scope": sc,
-                          "created_at": str(at)} for v, role, st, t, sc, at in seen]}
+                          "created_at": str(at)} for v, role, st, t, sc, at in seen],
+            "pairs": [{"question": p.question, "answer": p.answer, "source": p.source, "heldout": p.heldout}
+                      for p in pairs]}
     if as_json:
         _print_json(data)
         return
@@ -277,6 +283,10 @@ def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")]
         typer.echo("  no adapter has seen it")
     for a in data["adapters"]:
         typer.echo(f"  {a['version']}\t{a['role']}\t{a['status']}{' (tainted)' if a['tainted'] else ''}\t{a['train_scope']}")
+    if pairs:
+        typer.echo(f"  {len(pairs)} training pair(s), made when it was first planned:")
+    for p in pairs:
+        typer.echo(f"    [{p.source}{', held out' if p.heldout else ''}] {p.question or '(the statement)'} -> {p.answer}")
 
 
 @app.command()

@@ -437,6 +437,7 @@ class Memory:
                 "forgotten_at = ?, traces = t.traces FROM (SELECT unnest(?) AS id, unnest(?) AS traces) t "
                 "WHERE items.id = t.id", [naive_utc(now), ids, traces])
             con.execute("DELETE FROM queue WHERE item_id IN (SELECT unnest(?)) AND status = 'pending'", [ids])
+            con.execute("DELETE FROM augmentations WHERE item_id IN (SELECT unnest(?))", [ids])  # its wordings
             seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
             self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
             head = self._write_head(seqs[-1])

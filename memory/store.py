@@ -31,7 +31,7 @@ from engramma.errors import StoreBusy, StoreError
 from engramma.memory.types import Item, Probe
 
 DB_FILE = "engramma.duckdb"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def schema_v1(dim: int) -> list[str]:
@@ -237,6 +237,21 @@ MIGRATIONS: dict[int, list[str]] = {
     # forgetting erases them, so such an item cannot be judged again: the rules as they were tried at the
     # time (matched or the first failed condition, with text and meta values left out) are kept instead.
     4: ["ALTER TABLE items ADD COLUMN traces JSON"],
+    # 5: knowledge augmentation. The pairs an item was trained and judged on, made once when a job planned,
+    # erased with the item; a probe result also says whether the held-out wording was answered.
+    5: [
+        """CREATE TABLE augmentations (
+            item_id BIGINT NOT NULL,
+            n INTEGER NOT NULL,                  -- the pair's place among the item's pairs
+            question VARCHAR,                    -- NULL: the statement itself, as plain text
+            answer VARCHAR NOT NULL,             -- what a right reply contains
+            source VARCHAR NOT NULL,             -- statement | probe | key | generated | demonstration
+            heldout BOOLEAN NOT NULL,            -- never trained on: the gate's held-out wording
+            made_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (item_id, n)
+        )""",
+        "ALTER TABLE probe_results ADD COLUMN heldout_correct BOOLEAN",  # NULL: no held-out question
+    ],
 }
 
 

@@ -160,8 +160,8 @@ class LoraSettings(Strict):
 
 
 class TrainingSettings(Strict):
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -181,6 +181,31 @@ class ReplayName(str, enum.Enum):
     MIR = "mir"
 
 
+class AnchorSettings(Strict):
+    """General instructions and the base model's own answers to them, mixed into every round (self-distillation)."""
+
+    ratio: float = Field(1.0, ge=0)  # anchor examples per example of the round's items (new and replayed)
+    prompts: str | None = None  # a file of the user's own (JSONL with "prompt", or one per line); None: shipped set
+    heldout: int = Field(64, ge=0)  # prompts never trained on: the gate's measure of general ability
+    kl_weight: float = Field(1.0, ge=0)  # KL to the base model on the anchors' completions
+    max_new_tokens: int = Field(64, ge=8)  # length of the base model's answers
+
+
+class AugmentSettings(Strict):
+    """Each queued item becomes several training pairs: its statement, its probe and key, and questions the base
+    model writes about it (kept only when their answer is a span of the item)."""
+
+    questions: int = Field(4, ge=0)  # generated questions kept per item, at most
+    generate: bool = True  # False: template pairs only (statement, probe, key)
+    heldout: int = Field(1, ge=0)  # questions per item held out of training, for the gate
+    probes: Literal["train", "heldout"] = "train"  # heldout: the user's probe is never trained verbatim
+    context_share: float = Field(0.3, ge=0, le=1)  # questions asked with a recalled block, as the agent asks
+    distractors: int = Field(2, ge=0)  # other items in that block
+    replay_pairs: int = Field(2, ge=1)  # questions per replayed item
+    # share of items that also teach declining: one of their questions about a made-up entity, answered "I don't know"
+    decline_share: float = Field(0.25, ge=0, le=1)
+
+
 class ConsolidationSettings(Strict):
     replay: ReplayName = ReplayName.RETRIEVAL
     replay_ratio: float = Field(1.0, ge=0)  # replayed examples per new example
@@ -191,10 +216,16 @@ class ConsolidationSettings(Strict):
     min_items: int = Field(1, ge=1)  # consolidate only when this many items are queued
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
+    anchors: AnchorSettings = AnchorSettings()
+    augment: AugmentSettings = AugmentSettings()
 
 
 class GateSettings(Strict):
-    min_new_accuracy: float = Field(0.8, ge=0, le=1)  # share of the round's new items the candidate must know
+    min_new_accuracy: float = Field(0.5, ge=0, le=1)  # share of the round's new items the candidate must know
+    # the same on questions held out of training: knowledge, not memorised wording
+    min_heldout_accuracy: float = Field(0.25, ge=0, le=1)
+    # general ability: word F1 of the candidate's answers to held-out anchor prompts with the base model's
+    min_general_agreement: float = Field(0.4, ge=0, le=1)
     max_retention_drop: float = Field(0.05, ge=0, le=1)  # accuracy on earlier rounds' items, vs the parent
     max_perplexity_increase: float = Field(0.10, ge=0)  # on general text, relative to the parent
     # earlier rounds' items that have no probe: perplexity of their completions, relative to the parent

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -27,8 +28,9 @@ from engramma.memory.store import Store, open_existing, scalar
 from engramma.memory.types import Item, check_scope
 from engramma.policies import Policy
 from engramma.policies.schema import ConsolidationSettings
+from engramma.updater import anchors, mix, registry
+from engramma.updater import augment as augmentation
 from engramma.updater import queue as jobs
-from engramma.updater import registry
 from engramma.updater.dataset import TokenizedExample, example_for, tokenize
 from engramma.updater.gate import GateReport, gate as run_gate
 from engramma.updater.model import LanguageModel, load_model
@@ -162,10 +164,19 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
             [job.train_scope, pool or [-1]]).fetchall()]
         new_vectors, pool_vectors = _vectors(con, new_ids), _vectors(con, pool)
         pool_items = _items(con, pool)
+        pairs = augmentation.load(con, new_ids + pool)
 
     try:
+        # Made once per item: an item queued again (its round was rejected) keeps the pairs it had.
+        if missing := {i: new_items[i] for i in new_ids if i not in pairs}:
+            made = augmentation.augment(lm, missing, questions=settings.augment.questions,
+                                        heldout=settings.augment.heldout, generate_questions=settings.augment.generate,
+                                        probes=settings.augment.probes)
+            with store.transaction() as con:
+                augmentation.save(con, made, _now())
+            pairs.update(made)
         _write_plan(job, lm, policy, settings, new_ids, new_items, new_vectors, pool, pool_vectors, pool_items,
-                    reservoir, parent, stacked)
+                    reservoir, parent, stacked, pairs)
     except BaseException as e:
         with store.transaction() as con:
             jobs.release(con, job, status="failed", error=f"{type(e).__name__}: {e}", now=_now())
@@ -177,9 +188,18 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
 def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: ConsolidationSettings,
                 new_ids: list[int], new_items: dict[int, Item], new_vectors: np.ndarray, pool: list[int],
                 pool_vectors: np.ndarray, pool_items: dict[int, Item], reservoir: list[int],
-                parent: registry.AdapterVersion | None, stacked: registry.AdapterVersion | None) -> None:
+                parent: registry.AdapterVersion | None, stacked: registry.AdapterVersion | None,
+                pairs: dict[int, list[augmentation.Pair]]) -> None:
     max_length = policy.spec.model.max_length
-    new_examples = [tokenize(example_for(i, new_items[i], "new"), lm.tokenizer, max_length) for i in new_ids]
+    # Seeded by what the round trains, not by the job's id (a timestamp): the same round mixes the same examples.
+    rng = random.Random(f"{settings.training.seed}:{job.train_scope}:{','.join(map(str, new_ids))}")
+    lines = [mix.line(item) for item in [*new_items.values(), *pool_items.values()]]
+
+    def examples_of(ids: list[int], items: dict[int, Item], role: str) -> list[TokenizedExample]:
+        return [tokenize(e, lm.tokenizer, max_length) for i in ids
+                for e in mix.item_examples(i, items[i], pairs.get(i), role, settings, rng, lines)]
+
+    new_examples = examples_of(new_ids, new_items, "new")
 
     def measured(candidate_ids: list[int]) -> dict[int, float]:
         candidates = [tokenize(example_for(i, pool_items[i], "replay"), lm.tokenizer, max_length) for i in candidate_ids]
@@ -192,8 +212,15 @@ def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: Cons
         new_ids=new_ids, new_vectors=new_vectors, pool_ids=pool, pool_vectors=pool_vectors, reservoir_ids=reservoir,
         budget=budget, neighbours=settings.neighbours, reservoir_fraction=settings.reservoir_fraction,
         seed=settings.training.seed, interference=measured))
-    examples = new_examples + [tokenize(example_for(i, pool_items[i], "replay"), lm.tokenizer, max_length)
-                               for i in replay_ids]
+    examples = new_examples + examples_of(replay_ids, pool_items, "replay")
+    examples += [tokenize(e, lm.tokenizer, max_length) for e in mix.decline_examples(
+        new_items, pairs, settings.augment.decline_share, rng, lines, count=settings.augment.distractors)]
+    anchor = settings.anchors
+    if anchor.ratio > 0:
+        train_prompts, _ = anchors.split(anchors.load_prompts(anchor.prompts), anchor.heldout)
+        drawn = mix.draw(train_prompts, round(anchor.ratio * len(examples)), rng)
+        answers = anchors.answers(lm, drawn, max_new_tokens=anchor.max_new_tokens)
+        examples += [tokenize(e, lm.tokenizer, max_length) for e in mix.anchor_examples(answers, drawn)]
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "examples.json").write_text(json.dumps(
         [{"item_id": e.item_id, "role": e.role, "input_ids": e.input_ids, "labels": e.labels} for e in examples]))
@@ -202,7 +229,9 @@ def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: Cons
         "parent": parent.version if parent else None, "parent_path": str(parent.path) if parent else None,
         "stacked": stacked.version if stacked else None, "stacked_path": str(stacked.path) if stacked else None,
         "base_model": lm.model_id, "policy_hash": policy.content_hash, "settings": settings.model_dump(mode="json"),
-        "replay_strategy": settings.replay, "pool_size": len(pool)}, indent=1))
+        "replay_strategy": settings.replay, "pool_size": len(pool),
+        "examples": {role: sum(e.role == role for e in examples)
+                     for role in ("new", "replay", "decline", "anchor")}}, indent=1))
 
 
 def _load_plan(folder: Path) -> tuple[dict, list[TokenizedExample]]:
@@ -238,7 +267,8 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
                          policy_hash=plan["policy_hash"], config={
                              "settings": plan["settings"], "replay_strategy": plan["replay_strategy"],
                              "stacked_on": plan["stacked"], "job_id": job.job_id, "pool_size": plan["pool_size"],
-                             "padding_waste": report.padding_waste, "final_loss": report.losses[-1],
+                             "examples": plan.get("examples"), "padding_waste": report.padding_waste,
+                             "final_loss": report.losses[-1],
                              "resumed_from_epoch": report.resumed_from_epoch, "processes": report.processes},
                          items_new=len(plan["new"]), items_replayed=len(plan["replay"]), tokens=report.tokens,
                          steps=report.steps, wall_s=report.wall_s, tokens_per_s=report.tokens_per_s,

@@ -7,7 +7,7 @@ runs on a laptop CPU, one GPU or many. What it promises:
 - length-bucketed batches (little padding), logits computed only from the first completion position on;
 - AdamW with constant-with-warmup or warmup-stable-decay: no cosine restart between rounds;
 - bf16 autocast on CUDA, fp32 on CPU; gradient accumulation and clipping; optional KL to the parent
-  adapter on replayed examples;
+  adapter on replayed examples, and to the base model on anchors;
 - seeded and deterministic; a checkpoint after every epoch (adapter, optimizer moments, RNG), from which a
   killed run resumes to the same result. Checkpoints are safetensors and JSON: no pickle.
 """
@@ -208,6 +208,7 @@ def train_adapter(
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(training.seed + rank)
     use_kl = training.kl_weight > 0 and parent is not None and any(e.role == "replay" for e in examples)
+    anchor_kl = settings.anchors.kl_weight if any(e.role == "anchor" for e in examples) else 0.0
     model = peft_model(lm, settings, parent=parent, stacked=stacked, kl=use_kl)
     try:
         device = accelerator.device
@@ -275,8 +276,13 @@ def train_adapter(
                             loss_sum, _, logits, counted = completion_losses(ddp_model, input_ids, mask, labels)
                             loss = loss_sum.sum()
                             if use_kl:
-                                loss = loss + training.kl_weight * _kl_to_parent(
-                                    model, input_ids, mask, labels, logits, counted, part, stacked is not None)
+                                loss = loss + training.kl_weight * _kl_to_reference(
+                                    model, input_ids, mask, logits, counted, part, "replay", PARENT,
+                                    stacked is not None)
+                            if anchor_kl:
+                                loss = loss + anchor_kl * _kl_to_reference(
+                                    model, input_ids, mask, logits, counted, part, "anchor", None,
+                                    stacked is not None)
                         # DDP averages gradients over processes: scale so the step's gradient is that of the
                         # mean loss over all of the step's completion tokens.
                         accelerator.backward(loss * (weight * world / step_label_tokens))
@@ -328,25 +334,34 @@ def _past(deadline: float, accelerator, device) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(late), device=device), reduction="sum") > 0)
 
 
-def _kl_to_parent(model, input_ids, mask, labels, logits, counted, part, stacked: bool):
-    """KL(parent || current) on the completion tokens of the batch's replayed examples."""
+def _kl_to_reference(model, input_ids, mask, logits, counted, part, role: str, reference: str | None,
+                     stacked: bool):
+    """KL(reference || current) on the completion tokens of the batch's examples of `role`. The reference is
+    the frozen `reference` adapter (the parent), or with None the base model (under the shared adapter, if
+    any): what replayed items and anchors are held to."""
     import torch
     import torch.nn.functional as F
 
-    replay = torch.tensor([e.role == "replay" for e in part], device=input_ids.device)
-    if not replay.any():
+    rows = torch.tensor([e.role == role for e in part], device=input_ids.device)
+    if not rows.any():
         return logits.sum() * 0.0
     keep = logits.shape[1] + 1
+    names = ([STACKED] if stacked else []) + ([reference] if reference else [])
     with torch.no_grad():
-        activate(model, [STACKED, PARENT] if stacked else [PARENT], trainable=None)
         try:
-            parent_logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1].float()
+            if names:
+                activate(model, names, trainable=None)
+                context = contextlib.nullcontext()
+            else:
+                context = model.disable_adapter()
+            with context:
+                reference_logits = model(input_ids=input_ids, attention_mask=mask,
+                                         logits_to_keep=keep).logits[:, :-1].float()
         finally:
             activate(model, [STACKED, TRAINED] if stacked else [TRAINED])
-    rows = counted & replay[:, None]
-    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(parent_logits, -1), log_target=True,
+    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(reference_logits, -1), log_target=True,
                   reduction="none").sum(-1)
-    return (kl * rows).sum()
+    return (kl * (counted & rows[:, None])).sum()
 
 
 def _checkpoint(accelerator, model, optimizer, params, folder: Path, *, epoch: int, step: int, losses: list[float],
