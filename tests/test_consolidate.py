@@ -141,7 +141,8 @@ def test_retrieval_replay_keeps_round_one_and_no_replay_forgets_it(tmp_path, emb
     assert kept >= before - 0.05, f"retrieval replay: round-1 accuracy {before:.2f} -> {kept:.2f}"
     before_none, kept_none, learned_none = round_accuracy(tmp_path, embedder, tiny, "none")
     assert before_none >= 0.9 and learned_none >= 0.9
-    assert kept_none <= before_none - 0.25, f"without replay round 1 should be overwritten: {before_none} -> {kept_none}"
+    assert kept_none <= before_none - 0.15, f"without replay round 1 should be overwritten: {before_none} -> {kept_none}"
+    assert kept >= kept_none + 0.15, f"retrieval replay kept {kept:.2f} of round 1, no replay {kept_none:.2f}"
 
 
 def test_hot_swap_follows_promotions_without_a_restart(tmp_path, embedder, tiny):

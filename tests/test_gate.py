@@ -98,7 +98,7 @@ def test_retention_is_a_sample_of_every_round_up_to_the_cap():
 
 
 def test_the_gate_names_each_failing_check():
-    metrics = {"new_items": 10, "new_probed": 10, "new_accuracy": 0.5, "parent_new_accuracy": 0.1,
+    metrics = {"new_items": 10, "new_probed": 10, "new_accuracy": 0.3, "parent_new_accuracy": 0.1,
                "base_new_accuracy": 0.0, "earlier_probed": 20, "retention": 0.7, "parent_retention": 0.95,
                "perplexity": 30.0, "parent_perplexity": 20.0}
     checks = {c.name: c for c in judge(metrics, GateSettings(max_perplexity_increase=0.1))}

@@ -21,18 +21,30 @@ class ProbeResult:
     correct: bool
 
 
-def probe_of(item: Item) -> tuple[str, str] | None:
-    if item.probe is not None:
-        return item.probe.question, item.probe.answer
+def probe_of(item: Item, pairs=None) -> tuple[str, str] | None:
+    """The wording an item is probed in: its demonstration, its probe (unless held out), else its first trained
+    generated question; None when it has none (it is then judged by log-likelihood alone)."""
     if item.prompt is not None and item.response is not None:
         return item.prompt, item.response
+    held = {p.question for p in pairs or () if p.heldout}
+    if item.probe is not None and item.probe.question not in held:
+        return item.probe.question, item.probe.answer
+    for pair in pairs or ():
+        if pair.source == "generated" and not pair.heldout:
+            return pair.question, pair.answer
     return None
 
 
+def heldout_probe_of(pairs) -> tuple[str, str] | None:
+    """An item's first question held out of training: the wording the adapter never saw."""
+    return next(((p.question, p.answer) for p in pairs or () if p.heldout and p.question), None)
+
+
 def generate(model, tokenizer, prompts: list[str], *, system: str | list[str | None] | None = None,
-             max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+             max_new_tokens: int = 32, batch_size: int = 16, raw: bool = False) -> list[str]:
     """Greedy answers to user prompts (chat template when the tokenizer has one), in the order given.
-    `system` is one system message for every prompt, or one per prompt. Prompts are batched by length with
+    `system` is one system message for every prompt, or one per prompt; `raw`: the prompts are plain text to
+    continue, with no chat template and no system message. Prompts are batched by length with
     left padding: on a CPU the prompt tokens are most of the cost, so padding would be paid in full."""
     import torch
 
@@ -41,7 +53,8 @@ def generate(model, tokenizer, prompts: list[str], *, system: str | list[str | N
         raise ValueError(f"{len(systems)} system messages for {len(prompts)} prompts")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [chat_prompt_ids(tokenizer, p, s) for p, s in zip(prompts, systems)]
+    encoded = ([tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts] if raw
+               else [chat_prompt_ids(tokenizer, p, s) for p, s in zip(prompts, systems)])
     order = sorted(range(len(encoded)), key=lambda n: len(encoded[n]))
     out: list[str] = [""] * len(prompts)
     was_training = model.training
@@ -71,17 +84,40 @@ def answer_matches(expected: str, answer: str) -> bool:
     return bool(want) and f" {want} " in f" {normalise(answer)} "
 
 
-def run_probes(model, tokenizer, items: dict[int, Item], *, max_new_tokens: int = 32) -> list[ProbeResult]:
-    """Probe every item that has a probe (or a demonstration); items without one are left out."""
-    asked = [(item_id, probe) for item_id, item in items.items() if (probe := probe_of(item)) is not None]
-    answers = generate(model, tokenizer, [q for _, (q, _) in asked], max_new_tokens=max_new_tokens)
+def ask(model, tokenizer, probes: dict[int, tuple[str, str]], *, max_new_tokens: int = 32) -> list[ProbeResult]:
+    """Put each (question, expected answer) to the model in the agent's layout, without recalled context."""
+    from engramma.updater.layout import system_message
+
+    asked = list(probes.items())
+    answers = generate(model, tokenizer, [q for _, (q, _) in asked], system=system_message(),
+                       max_new_tokens=max_new_tokens)
     return [ProbeResult(item_id, q, a, answer, answer_matches(a, answer))
             for (item_id, (q, a)), answer in zip(asked, answers)]
+
+
+def run_probes(model, tokenizer, items: dict[int, Item], *, max_new_tokens: int = 32) -> list[ProbeResult]:
+    """Probe every item that has a probe (or a demonstration); items without one are left out."""
+    probes = {i: probe for i, item in items.items() if (probe := probe_of(item)) is not None}
+    return ask(model, tokenizer, probes, max_new_tokens=max_new_tokens)
 
 
 def probe_accuracy(model, tokenizer, items: dict[int, Item]) -> float:
     results = run_probes(model, tokenizer, items)
     return sum(r.correct for r in results) / len(results) if results else float("nan")
+
+
+def word_f1(a: str, b: str) -> float:
+    """Word-overlap F1 of two normalised texts (SQuAD-style): 1 for the same words, 0 for none shared."""
+    from collections import Counter
+
+    x, y = normalise(a).split(), normalise(b).split()
+    if not x or not y:
+        return float(x == y)
+    common = sum((Counter(x) & Counter(y)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(x), common / len(y)
+    return 2 * precision * recall / (precision + recall)
 
 
 def completion_logprobs(model, tokenizer, examples: list[TokenizedExample], *, batch_size: int = 16) -> list[float]:
@@ -122,11 +158,17 @@ GENERAL_TEXT = (
 
 def perplexity(model, tokenizer, texts: list[str], *, max_length: int = 256, batch_size: int = 8) -> float:
     """exp of the mean negative log-likelihood per token over plain `texts` (no chat template)."""
-    import math
-
     from engramma.updater.dataset import Example, tokenize
 
     examples = [tokenize(Example(n, "general", None, t), tokenizer, max_length) for n, t in enumerate(texts) if t.strip()]
+    return pooled_perplexity(model, tokenizer, examples, batch_size=batch_size)
+
+
+def pooled_perplexity(model, tokenizer, examples: list[TokenizedExample], *, batch_size: int = 8) -> float:
+    """exp of the mean negative log-likelihood per completion token, pooled over `examples`."""
+    import math
+
+    examples = [e for e in examples if e.label_tokens]
     if not examples:
         return float("nan")
     logprobs = completion_logprobs(model, tokenizer, examples, batch_size=batch_size)
@@ -135,13 +177,20 @@ def perplexity(model, tokenizer, texts: list[str], *, max_length: int = 256, bat
     return math.exp(mean_nll)
 
 
-def score_items(model, tokenizer, items: dict[int, Item], *, max_length: int) -> dict[int, tuple[bool | None, float]]:
-    """item id -> (probe answered correctly, or None without a probe; mean completion log-probability of the
-    item's training pair)."""
+def score_items(model, tokenizer, items: dict[int, Item], *, max_length: int,
+                pairs: dict | None = None) -> dict[int, tuple[bool | None, bool | None, float]]:
+    """item id -> (its probe answered correctly, the same on its held-out question (None where it has no
+    such question), mean completion log-probability of the item's training pair). `pairs`: each item's stored
+    augmentation pairs."""
     from engramma.updater.dataset import example_for, tokenize
 
+    pairs = pairs or {}
     ids = list(items)
     examples = [tokenize(example_for(i, items[i], "eval"), tokenizer, max_length) for i in ids]
     logprobs = completion_logprobs(model, tokenizer, examples)
-    correct = {r.item_id: r.correct for r in run_probes(model, tokenizer, items)}
-    return {i: (correct.get(i), lp) for i, lp in zip(ids, logprobs)}
+    exact = {i: probe for i in ids if (probe := probe_of(items[i], pairs.get(i))) is not None}
+    heldout = {i: probe for i in ids if (probe := heldout_probe_of(pairs.get(i))) is not None}
+    both = {**{("exact", i): p for i, p in exact.items()}, **{("heldout", i): p for i, p in heldout.items()}}
+    results = ask(model, tokenizer, dict(enumerate(both.values())))
+    marks = {key: r.correct for key, r in zip(both, results)}
+    return {i: (marks.get(("exact", i)), marks.get(("heldout", i)), lp) for i, lp in zip(ids, logprobs)}

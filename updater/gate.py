@@ -26,9 +26,12 @@ from engramma.errors import EngrammaError
 from engramma.memory.memory import ITEM_COLUMNS, append_events, item_from_row, naive_utc, store_policy
 from engramma.memory.store import Store, scalar
 from engramma.memory.types import Item
-from engramma.policies.schema import GateSettings
-from engramma.updater import registry
-from engramma.updater.evaluate import GENERAL_TEXT, perplexity, score_items
+from engramma.policies.schema import AnchorSettings, GateSettings
+from engramma.updater import anchors, registry
+from engramma.updater import augment as augmentation
+from engramma.updater.dataset import Example, tokenize
+from engramma.updater.evaluate import GENERAL_TEXT, generate, pooled_perplexity, score_items, word_f1
+from engramma.updater.layout import system_message
 from engramma.updater.model import LanguageModel
 from engramma.updater.registry import AdapterStatus, AdapterVersion
 
@@ -76,6 +79,12 @@ def judge(metrics: dict, settings: GateSettings, *, tainted: bool = False) -> tu
         checks.append(Check("new_accuracy", acc, settings.min_new_accuracy, acc >= settings.min_new_accuracy,
                             f"answers {acc:.0%} of the {metrics['new_probed']} new probes "
                             f"(parent {metrics['parent_new_accuracy']:.0%}, base {metrics['base_new_accuracy']:.0%})"))
+    if metrics.get("new_heldout"):  # wordings never trained on: knowledge rather than memorised text
+        acc = metrics["new_heldout_accuracy"]
+        checks.append(Check("new_heldout_accuracy", acc, settings.min_heldout_accuracy,
+                            acc >= settings.min_heldout_accuracy,
+                            f"answers {acc:.0%} of the {metrics['new_heldout']} new items' held-out questions "
+                            f"(base {metrics['base_new_heldout_accuracy']:.0%})"))
     if metrics.get("new_unprobed"):  # no probes: the new completions must at least have become likelier
         gain = metrics["new_logprob"] - metrics["parent_new_logprob"]
         checks.append(Check("new_likelihood", gain, 0.0, gain > 0,
@@ -88,6 +97,12 @@ def judge(metrics: dict, settings: GateSettings, *, tainted: bool = False) -> tu
                             f"earlier rounds: {metrics['retention']:.0%} vs the parent's "
                             f"{metrics['parent_retention']:.0%} on {metrics['earlier_probed']} probes"
                             + (f" (base {base:.0%})" if base is not None else "")))
+    if metrics.get("earlier_heldout"):
+        drop = metrics["parent_retention_heldout"] - metrics["retention_heldout"]
+        checks.append(Check("retention_heldout_drop", drop, settings.max_retention_drop,
+                            drop <= settings.max_retention_drop,
+                            f"earlier rounds' held-out questions: {metrics['retention_heldout']:.0%} vs the "
+                            f"parent's {metrics['parent_retention_heldout']:.0%} on {metrics['earlier_heldout']}"))
     if metrics.get("earlier_unprobed"):  # earlier items without a probe: their completions must stay likely
         rise = math.exp(metrics["parent_retention_logprob"] - metrics["retention_logprob"]) - 1
         limit = settings.max_retention_perplexity_increase
@@ -97,8 +112,14 @@ def judge(metrics: dict, settings: GateSettings, *, tainted: bool = False) -> tu
     rise = metrics["perplexity"] / metrics["parent_perplexity"] - 1
     checks.append(Check("perplexity_increase", rise, settings.max_perplexity_increase,
                         rise <= settings.max_perplexity_increase,
-                        f"general text perplexity {metrics['perplexity']:.2f} vs the parent's "
+                        f"general perplexity {metrics['perplexity']:.2f} vs the parent's "
                         f"{metrics['parent_perplexity']:.2f} ({rise:+.1%})"))
+    if metrics.get("general_agreement") is not None:
+        agreement = metrics["general_agreement"]
+        checks.append(Check("general_agreement", agreement, settings.min_general_agreement,
+                            agreement >= settings.min_general_agreement,
+                            f"answers to {metrics['general_prompts']} held-out general prompts agree with the base "
+                            f"model's at word F1 {agreement:.2f}"))
     if tainted:
         checks.append(Check("untainted", 1.0, 0.0, False, "trained on items that were forgotten since"))
     return tuple(checks)
@@ -179,8 +200,10 @@ def _sample_by_round(rows: list[tuple[int, str]], cap: int, seed: int) -> list[t
 
 
 def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettings, *, max_length: int,
-             seed: int = 0) -> dict:
-    """Measure `version` against its parent and the base model; store every probe result; return the metrics."""
+             seed: int = 0, anchor_settings: AnchorSettings | None = None) -> dict:
+    """Measure `version` against its parent and the base model; store every probe result; return the metrics.
+    General ability is measured on general text and, with `anchor_settings`, on the held-out anchor prompts:
+    perplexity of the base model's answers, and agreement of the candidate's own answers with them."""
     folder = store.folder
     with store.transaction() as con:
         candidate = registry.get(con, folder, version)
@@ -208,6 +231,7 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
         sampled = _sample_by_round([r for r in earlier_rows if r[0] not in evicted], settings.retention_cap, seed)
         earlier_ids = sorted(evicted) + [i for i, _ in sampled]
         items = _items(con, new_ids + earlier_ids)
+        pairs = augmentation.load(con, new_ids + earlier_ids)
         heldout = [r[0] for r in con.execute(
             "SELECT text FROM items WHERE status = 'kept' AND route = 'index' AND scope = ? AND text IS NOT NULL "
             "AND id NOT IN (SELECT item_id FROM lineage) ORDER BY hash(content_hash) LIMIT ?",
@@ -220,17 +244,33 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
         except OSError as e:
             raise GateError(f"gate.general_text: cannot read {path} ({e})") from None
 
+    general_examples = [tokenize(Example(n, "general", None, t), lm.tokenizer, 256) for n, t in enumerate(general)]
+    prompts, base_answers = [], {}
+    if anchor_settings is not None and anchor_settings.heldout:
+        _, prompts = anchors.split(anchors.load_prompts(anchor_settings.prompts), anchor_settings.heldout)
+        base_answers = anchors.answers(lm, prompts, max_new_tokens=anchor_settings.max_new_tokens)
+        general_examples += [tokenize(Example(-1 - n, "anchor", p, base_answers[p][0], system=system_message(),
+                                              ends=base_answers[p][1]), lm.tokenizer, max_length)
+                             for n, p in enumerate(prompts) if base_answers[p][0]]
+
     models = Models(lm, candidate, parent, stacked)
     try:
-        scored: dict[str, dict[int, tuple[bool | None, float]]] = {}
+        scored: dict[str, dict[int, tuple[bool | None, bool | None, float]]] = {}
         ppl: dict[str, float] = {}
         probed_items = {i: items[i] for i in new_ids + earlier_ids if i in items}
         for which in ("candidate", "base") + (("parent",) if parent is not None else ()):
             with models.use(which) as model:
-                scored[which] = score_items(model, lm.tokenizer, probed_items, max_length=max_length)
-                ppl[which] = perplexity(model, lm.tokenizer, general)
+                scored[which] = score_items(model, lm.tokenizer, probed_items, max_length=max_length, pairs=pairs)
+                ppl[which] = pooled_perplexity(model, lm.tokenizer, general_examples)
         if parent is None:  # the first version's parent is the base model: measured once
             scored["parent"], ppl["parent"] = scored["base"], ppl["base"]
+        agreement = None
+        if prompts:
+            with models.use("candidate") as model:
+                said = generate(model, lm.tokenizer, prompts, system=system_message(),
+                                max_new_tokens=anchor_settings.max_new_tokens)
+            agreement = sum(word_f1(anchors.whole_sentences(a)[0], base_answers[p][0])
+                            for p, a in zip(prompts, said)) / len(prompts)
     finally:
         models.close()
 
@@ -244,9 +284,10 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
                 continue
             ids = list(results)
             con.execute("DELETE FROM probe_results WHERE evaluated = ? AND item_id IN (SELECT unnest(?))", [name, ids])
-            con.execute("INSERT INTO probe_results SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), ?",
+            con.execute("INSERT INTO probe_results (evaluated, item_id, task, correct, heldout_correct, logprob, "
+                        "evaluated_at) SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), ?",
                         [name, ids, [task_of.get(i) for i in ids], [results[i][0] for i in ids],
-                         [results[i][1] for i in ids], naive_utc(now)])
+                         [results[i][1] for i in ids], [results[i][2] for i in ids], naive_utc(now)])
         matrix = {(e, t): acc for e, t, acc in con.execute(
             f"SELECT p.evaluated, p.task, avg(CAST(p.correct AS INTEGER)) FROM probe_results p {kept_only} "
             "WHERE p.correct IS NOT NULL AND p.evaluated IN (SELECT unnest($chain)) "
@@ -256,13 +297,16 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
             "WHERE p.evaluated = 'base' AND p.correct IS NOT NULL AND p.task IN (SELECT unnest(?)) GROUP BY ALL",
             [chain]).fetchall())
 
-    def accuracy(which: str, ids: list[int]) -> float | None:
-        marks = [scored[which][i][0] for i in ids if i in scored[which] and scored[which][i][0] is not None]
+    def accuracy(which: str, ids: list[int], column: int = 0) -> float | None:
+        marks = [scored[which][i][column] for i in ids if i in scored[which] and scored[which][i][column] is not None]
         return sum(marks) / len(marks) if marks else None
 
     def logprob(which: str, ids: list[int]) -> float | None:
-        values = [scored[which][i][1] for i in ids if i in scored[which]]
+        values = [scored[which][i][2] for i in ids if i in scored[which]]
         return sum(values) / len(values) if values else None
+
+    def heldout(ids: list[int]) -> list[int]:
+        return [i for i in ids if i in scored["candidate"] and scored["candidate"][i][1] is not None]
 
     def probed(ids: list[int], with_probe: bool) -> list[int]:
         return [i for i in ids if i in scored["candidate"] and (scored["candidate"][i][0] is not None) == with_probe]
@@ -276,13 +320,18 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
         # items without a probe are judged by the log-likelihood of their completions
         "new_unprobed": len(unprobed_new), "new_logprob": logprob("candidate", unprobed_new),
         "parent_new_logprob": logprob("parent", unprobed_new),
+        "new_heldout": len(heldout(new_ids)), "new_heldout_accuracy": accuracy("candidate", new_ids, 1),
+        "parent_new_heldout_accuracy": accuracy("parent", new_ids, 1),
+        "base_new_heldout_accuracy": accuracy("base", new_ids, 1),
+        "earlier_heldout": len(heldout(earlier_ids)), "retention_heldout": accuracy("candidate", earlier_ids, 1),
+        "parent_retention_heldout": accuracy("parent", earlier_ids, 1),
         "earlier_probed": len(probed(earlier_ids, True)), "evicted_checked": len(evicted),
         "retention": accuracy("candidate", earlier_ids), "parent_retention": accuracy("parent", earlier_ids),
         "base_retention": accuracy("base", earlier_ids),
         "earlier_unprobed": len(unprobed_earlier), "retention_logprob": logprob("candidate", unprobed_earlier),
         "parent_retention_logprob": logprob("parent", unprobed_earlier),
         "perplexity": ppl["candidate"], "parent_perplexity": ppl["parent"], "base_perplexity": ppl["base"],
-        "general_texts": len(general),
+        "general_texts": len(general), "general_prompts": len(prompts), "general_agreement": agreement,
         "matrix": {f"{e}|{t}": a for (e, t), a in sorted(matrix.items())},
         **continual_metrics(matrix, chain, base),
     }
@@ -309,7 +358,7 @@ def gate(store: Store, lm: LanguageModel, version: str) -> GateReport:
     settings = policy.spec.gate
     lm = lm.bare()  # an agent of this process may be answering with adapters loaded into the same model
     metrics = evaluate(store, lm, version, settings, max_length=policy.spec.model.max_length,
-                       seed=policy.spec.consolidation.training.seed)
+                       seed=policy.spec.consolidation.training.seed, anchor_settings=policy.spec.consolidation.anchors)
     now = datetime.now(timezone.utc)
     with store.transaction() as con:
         tainted = bool(scalar(con, "SELECT tainted FROM adapters WHERE version = ?", [version]))
