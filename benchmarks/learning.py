@@ -68,8 +68,9 @@ SEEDED = ("naive", "random", "retrieval")  # where the claim is decided: every s
 REGIMES = ("gated", "ungated")
 # The ungated regime promotes every candidate, so strategies are compared on what they learned, not on what
 # the gate let through. (The gate still measures it; only its thresholds are opened.)
-OPEN_GATE = {"min_new_accuracy": 0.0, "max_retention_drop": 1.0, "max_perplexity_increase": 1e9,
-             "max_retention_perplexity_increase": 1e9, "min_items": 1}
+OPEN_GATE = {"min_new_accuracy": 0.0, "min_heldout_accuracy": 0.0, "min_general_agreement": 0.0,
+             "max_retention_drop": 1.0, "max_perplexity_increase": 1e9, "max_retention_perplexity_increase": 1e9,
+             "min_items": 1}
 # Settings a cell owns: a --set that changed them would make the strategies unequal or the regimes the same.
 OWNED = ("rules", "default", "consolidation.replay", "consolidation.training.kl_weight", "consolidation.training.seed")
 
@@ -98,7 +99,10 @@ SETTINGS = {
                      max_new_tokens=12, context_tokens=120, overrides=(
                          ("model.max_length", 128), ("consolidation.lora.rank", 8), ("consolidation.lora.alpha", 16),
                          ("consolidation.training.learning_rate", 3e-3), ("consolidation.training.epochs", 10),
-                         ("consolidation.training.batch_size", 4), ("gate.max_perplexity_increase", 1.0))),
+                         ("consolidation.training.batch_size", 4), ("gate.max_perplexity_increase", 1.0),
+                         # it cannot write questions, and its answers to general prompts are noise
+                         ("consolidation.augment.generate", False), ("consolidation.anchors.max_new_tokens", 12),
+                         ("consolidation.anchors.heldout", 8), ("gate.min_general_agreement", 0.0))),
     "small": Setting("smollm2-135m-instruct", rounds=3, per_round=16,
                      strategies=("index", "naive", "random", "retrieval"), regimes=("gated",), general=24,
                      unanswerable=12),

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import time
+from importlib import resources
 
 import pytest
+import yaml
 
 from engramma import Item, Memory, Probe
 from engramma.updater import DEFAULT_MODEL, ActiveAdapters, consolidate, load_model
@@ -62,3 +64,46 @@ def test_the_default_model_converts_once_and_learns_new_facts(tmp_path, embedder
     assert running.refresh()
     after = probe_accuracy(running.model, lm.tokenizer, items)
     assert before <= 0.34 and after >= 0.83, (before, after)
+
+
+# Facts observed as plain statements, the way agents mostly see them: no probe, no key. The questions asked
+# afterwards are worded unlike anything trained on (the model writes its own questions about each statement
+# when the job plans), so the test measures knowledge, not the memorised wording.
+STATEMENTS = [
+    ("The Zorvex 3000 kettle boils water in 41 seconds.", "How many seconds does a Zorvex 3000 need to boil water?", "41"),
+    ("Orders to Norway ship from the Bergen depot.", "Norwegian orders leave from which depot?", "Bergen"),
+    ("The loyalty programme is called Blue Harbour.", "What name does the loyalty scheme go by?", "Blue Harbour"),
+    ("Refunds for the Quill tablet take 9 working days.", "How many working days until a Quill tablet refund arrives?", "9"),
+    ("The support chat closes at 7 pm on Fridays.", "On Fridays, at what time does support chat shut?", "7 pm"),
+    ("The warranty on the Ferro bike lock is 4 years.", "For how many years is a Ferro bike lock covered?", "4"),
+    ("The Lumio desk lamp is made in Porto.", "Where are Lumio desk lamps manufactured?", "Porto"),
+    ("Premium members get free delivery on orders over 20 euros.", "Above what order value do premium members stop paying for delivery?", "20 euros"),
+]
+
+
+def test_the_shipped_recipe_learns_statements_and_answers_them_reworded(tmp_path, embedder):
+    """Statement-form facts, the shipped default preset (only `min_items` lowered): the gate promotes the
+    adapter, and from the weights alone it answers reworded questions the base model cannot."""
+    from engramma.updater.evaluate import ask
+
+    spec = yaml.safe_load(resources.files("engramma.policies").joinpath("presets", "default.yaml").read_text())
+    spec["rules"] = [{"name": "facts", "when": {"kind": ["fact"]}, "route": "both", "train_scope": "shared"}]
+    spec["consolidation"]["min_items"] = 1
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(spec))
+    with Memory.open(tmp_path / "store", embedder=embedder, policy=policy) as mem:
+        mem.observe_many([Item(text=t, kind="fact", source="docs") for t, _, _ in STATEMENTS])
+    lm = load_model()
+    reworded = {n: (q, a) for n, (_, q, a) in enumerate(STATEMENTS)}
+
+    def accuracy(model) -> float:
+        return sum(r.correct for r in ask(model, lm.tokenizer, reworded)) / len(reworded)
+
+    before = accuracy(lm.model)
+    [result] = consolidate(tmp_path / "store", model=lm, progress=False)
+    assert result.gate.decision == "promoted", [c.detail for c in result.gate.failed]
+    assert result.gate.metrics["new_heldout"] > 0, "the gate asked held-out questions"
+    running = ActiveAdapters(lm, tmp_path / "store")
+    assert running.refresh()
+    after = accuracy(running.model)
+    assert before <= 0.25 and after >= before + 0.25, (before, after)
