@@ -11,7 +11,7 @@ consolidation job trains a LoRA adapter on the day's corrections with retrieval-
 days, and the gate promotes it only if it learned them without forgetting. Whether the house style was
 internalised, and not only the taught replies, is measured on questions no correction answers. Each day ends
 with its row of the table; the week ends with the whole table, a privacy check and an HTML report. Runs
-offline on the bundled SmolLM2-135M-Instruct and MiniLM; --quick is a two-day version for CI (the refund
+offline on the bundled SmolLM2-135M-Instruct and MiniLM; --quick is a two-day version (the refund
 change included).
 """
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--days", type=int, default=5, help="simulated days (default 5)")
     parser.add_argument("--quick", action="store_true",
-                        help="two days, the refund change included: the CI form (under 3 minutes)")
+                        help="two days, the refund change included (about 5 minutes on 2 cores)")
     parser.add_argument("--store", type=Path, help="store folder (default: a fresh temporary one)")
     parser.add_argument("--report", type=Path, help="folder for the HTML report (default: next to the store)")
     parser.add_argument("--policy", type=Path, default=HERE / "support_policy.yaml",

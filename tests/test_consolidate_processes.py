@@ -146,8 +146,10 @@ def test_two_process_ddp_matches_one_process(tmp_path, embedder, tiny_model_path
         ("v1", 10, "2")]
     assert rows(one, "SELECT json_extract(config, '$.processes') FROM adapters") == [("1",)]
     a, b = adapter_weights(one), adapter_weights(two)
+    # The all-reduce sums in another order than one process does, and Adam magnifies that where gradients are
+    # near zero (1.2e-5 seen); a process whose gradient were not averaged in would move weights by ~the lr.
     for name in a:
-        assert (a[name] - b[name]).abs().max() <= 1e-5, name
+        assert (a[name] - b[name]).abs().max() <= 1e-4, name
     assert max(float(t.abs().max()) for t in b.values()) > 1e-2, "the adapters really trained"
 
 

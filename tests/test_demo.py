@@ -1,12 +1,14 @@
 """The examples a newcomer runs first: `make demo` (examples/support_agent_demo.py: a support agent's week, here
-in its two-day --quick CI form), the fast-memory demo (examples/fast_memory_demo.py), and the stream and policy
-both of them read (examples/support_stream.py, examples/support_policy.yaml)."""
+in its two-day --quick form, a slow test), the fast-memory demo (examples/fast_memory_demo.py), and the stream
+and policy both of them read (examples/support_stream.py, examples/support_policy.yaml)."""
 import os
 import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -66,6 +68,7 @@ def test_support_policy_queues_each_correction_once_and_no_private_detail(tmp_pa
         assert "30 days" in refund[0] and all("45 days" in text for text in refund[1:]), refund
 
 
+@pytest.mark.slow  # two nights of the shipped recipe on SmolLM2: ~4.5 min on 2 cores, most of a CI budget
 def test_make_demo_quick_tells_the_whole_story(tmp_path):
     """`make demo` in its CI form: two days (the refund window moves on the second), two nights of consolidation
     on SmolLM2-135M, a row per day as it ends, the summary, privacy, the report."""

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import tiny_lm
 
 from engramma.policies import parse_policy
 
@@ -216,7 +217,10 @@ def test_bad_arguments_fail_before_any_model_loads(locomo, tmp_path, capsys):
 
 def test_questions_on_one_context_share_its_cache_and_answer_as_if_asked_alone(locomo, tiny):
     context = "Session 1, 3 March 2022:\nAna: I adopted a grey cat called Pixel.\nBen: I play the cello."
-    asks = [(context, "What did Ana adopt?"), (context, "What does Ben play?"), (context, "Who is Pixel?"),
+    # Questions the tiny model answers differently (projects it knows from pretraining), so that equal answers
+    # together and alone say the shared cache changed nothing, not that every question got the same reply.
+    known = [f"What is the colour of project {name}?" for name in tiny_lm.BACKGROUND[:3]]
+    asks = [(context, known[0]), (context, known[1]), (context, known[2]),
             ("Session 2, 20 March 2022:\nAna: We moved.", "Where did they move?")]
     together = locomo.answer_all(tiny.model, tiny.tokenizer, asks, max_new_tokens=8, label="shared")
     alone = [locomo.answer_all(tiny.model, tiny.tokenizer, [ask], max_new_tokens=8, label="alone")[0] for ask in asks]

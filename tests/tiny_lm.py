@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engramma.memory.types import Item, Probe
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
+SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
@@ -60,13 +60,21 @@ def build(folder: Path, *, seed: int = 0, steps: int = 400) -> Path:
 
     from engramma.updater.dataset import collate, example_for, tokenize
 
-    corpus = [i.text + " " + i.probe.question for i in colour_facts(TAUGHT + BACKGROUND, seed=seed)] + GENERAL * 20
+    from engramma.updater import layout
+
+    # The agent's fixed texts are in the corpus, so that they tokenize as compactly as a real tokenizer's
+    # English: otherwise the system message alone would fill most of a 64-token example.
+    fixed = [layout.SYSTEM, layout.HEADER, layout.DECLINE]
+    corpus = ([i.text + " " + i.probe.question for i in colour_facts(TAUGHT + BACKGROUND, seed=seed)]
+              + GENERAL * 20 + fixed * 20)
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+    # The end of an assistant turn is the end of generation, as in a real chat model (SmolLM2's <|im_end|>):
+    # a probe's answer is then the turn the model gives, not that turn and whatever it rambles on to.
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="<|end|>",
                                         additional_special_tokens=SPECIALS[3:])
     tokenizer.chat_template = CHAT_TEMPLATE
 
@@ -74,7 +82,7 @@ def build(folder: Path, *, seed: int = 0, steps: int = 400) -> Path:
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False))
+        bos_token_id=1, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False))
 
     # Pretraining: the background facts as question -> answer pairs, plus general text.
     background = [tokenize(example_for(n, item, "new"), tokenizer, 128)
@@ -110,6 +118,8 @@ consolidation:
   min_items: 1
   lora: {rank: 8, alpha: 16, dropout: 0.0}
   training: {learning_rate: 3.0e-3, epochs: EPOCHS, batch_size: 4, warmup_ratio: 0.05, seed: 0}
+  anchors: {ratio: 0, heldout: 0}
+  augment: {generate: false, context_share: 0, decline_share: 0}
 """
 
 
