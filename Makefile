@@ -24,7 +24,7 @@ demo: install
 	$(PY) examples/support_agent_demo.py $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile  # one file per worker: its fixtures and order kept
 
 test-slow: install
 	$(PY) -m pytest -m slow -q
