@@ -190,10 +190,8 @@ def adapters_sync(store: Store) -> None:
 
     with _registry(store) as db:
         with db.transaction() as con:
-            registry.write_active_pointer(con, store)
-            active = con.execute("SELECT train_scope, version FROM adapters WHERE status = 'active' "
-                                 "ORDER BY train_scope").fetchall()
-    typer.echo("active.json rewritten: " + (", ".join(f"{scope} {version}" for scope, version in active)
+            active = registry.write_active_pointer(con, store)
+    typer.echo("active.json rewritten: " + (", ".join(f"{scope} {e['version']}" for scope, e in active.items())
                                             or "no adapter is active (the base model answers)"))
 
 

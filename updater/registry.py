@@ -210,13 +210,15 @@ def rollback(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: st
     return current, target
 
 
-def write_active_pointer(con: duckdb.DuckDBPyConnection, store_folder: Path) -> None:
-    """Rewrite adapters/active.json from the registry (call after the transaction that changed it)."""
+def write_active_pointer(con: duckdb.DuckDBPyConnection, store_folder: Path) -> dict[str, dict]:
+    """Rewrite adapters/active.json from the registry (call after the transaction that changed it); returns
+    what it wrote."""
     rows = con.execute("SELECT train_scope, version, path, base_model, base_model_hash FROM adapters "
                        "WHERE status = 'active' ORDER BY train_scope").fetchall()
     data = {scope: {"version": version, "path": path, "base_model": base, "base_model_hash": digest}
             for scope, version, path, base, digest in rows}
     atomic_write_bytes(store_folder / "adapters" / ACTIVE_FILE, json.dumps(data, indent=1).encode())
+    return data
 
 
 def read_active_pointer(store_folder: Path) -> dict[str, dict]:
