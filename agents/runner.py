@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engramma.agents.context import context_block
-from engramma.memory import Memory
+from engramma.wiring import Memory
 from engramma.updater import ActiveAdapters, LanguageModel
 from engramma.updater.evaluate import generate
 from engramma.updater.layout import SYSTEM, system_message

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engramma.memory.store import open_existing, scalar
+from engramma.memory.store import open_existing
+from engramma.updater.queue import pending_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ class ConsolidationTrigger:
         store = open_existing(self.store)
         try:
             with store.transaction() as con:
-                return scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending'")
+                return pending_count(con)
         finally:
             store.close()
 

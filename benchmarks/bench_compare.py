@@ -45,7 +45,7 @@ def model_path() -> str:
 
 class Engramma:
     def __init__(self, folder: Path):
-        from engramma.memory import Item, Memory
+        from engramma import Item, Memory
 
         self.Item = Item
         policy = folder / "keep-all.yaml"  # store every text, as the other systems do (no dedup, no drops)
@@ -209,7 +209,7 @@ class RandomEmbedder:
 
 
 def rss_build_child(folder: Path, items: int, batch: int) -> dict:
-    from engramma.memory import Item, Memory
+    from engramma import Item, Memory
 
     texts = corpus.texts(items)
     policy = folder.parent / "keep-all.yaml"  # every item stored and indexed: n items are n vectors
@@ -226,7 +226,7 @@ def rss_build_child(folder: Path, items: int, batch: int) -> dict:
 
 
 def rss_open_child(folder: Path) -> dict:
-    from engramma.memory import Memory
+    from engramma import Memory
 
     start = time.perf_counter()
     mem = Memory.open(folder, embedder=RandomEmbedder(1))

@@ -25,7 +25,7 @@ import corpus
 import numpy as np
 from common import environment, ms, pct, table
 
-from engramma.memory import Item, Memory
+from engramma import Item, Memory
 from engramma.memory.embed import DEFAULT_EMBEDDER
 
 BATCH = 256

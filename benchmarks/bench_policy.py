@@ -21,7 +21,7 @@ from common import environment, pct, table
 
 import corpus
 from engramma import Item
-from engramma.memory import Memory
+from engramma import Memory
 from engramma.memory import memory as memory_module
 from engramma.memory.embed import DEFAULT_EMBEDDER
 from engramma.policies import Signals, decide, parse_policy

@@ -1,6 +1,7 @@
 """engramma: a memory that learns, for long-running agents."""
 from engramma.errors import EngrammaError, InvalidItem, ItemNotFound, StoreBusy, StoreError
-from engramma.memory import Hit, Item, Kind, Memory, Probe, Record
+from engramma.types import Hit, Item, Kind, Probe, Record
+from engramma.wiring import Memory
 
 __all__ = [
     "EngrammaError", "Hit", "InvalidItem", "Item", "ItemNotFound", "Kind", "Memory", "Probe", "Record",

@@ -17,7 +17,7 @@ BATCH = 256  # items per embedding batch and transaction when ingesting
 
 
 def _open(store: Path, *, must_exist: bool = True, policy: str | None = None):
-    from engramma.memory import Memory
+    from engramma import Memory
 
     if must_exist and not (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: no engramma store here; create one with `engramma init {store}`")
@@ -66,7 +66,7 @@ def init(
         help="Policy YAML file, or preset:NAME (default, assistant-private, index-only).")] = None,
 ) -> None:
     """Create an empty store folder (opening a missing store for writing also creates it)."""
-    from engramma.memory import Memory
+    from engramma import Memory
 
     if (store / "engramma.duckdb").exists():
         raise InvalidInput(f"{store}: a store already exists here")
@@ -308,7 +308,7 @@ def policy_test(
     """Dry run: route every item of FILE through POLICY in a scratch store; exit 1 on any expected_route mismatch."""
     import tempfile
 
-    from engramma.memory import Item, Memory
+    from engramma import Item, Memory
     from engramma.policies import load_policy
 
     load_policy(policy)

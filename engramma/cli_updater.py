@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from engramma.cli_options import AsJson, Store, app, print_json
-from engramma.errors import InvalidInput
+from engramma.errors import InvalidInput, ItemNotFound
 
 
 @app.command("consolidate")
@@ -119,8 +119,7 @@ def adapters_show(store: Store, version: Annotated[str, typer.Argument(help="Ada
     with _registry(store) as db:
         with db.transaction() as con:
             adapter = registry.get(con, store, version)
-            roles = dict(con.execute("SELECT role, count(*) FROM lineage WHERE adapter_version = ? GROUP BY ALL",
-                                     [version]).fetchall())
+            roles = registry.roles(con, version)
     data = {**adapter.as_dict(), "lineage": roles}
     if as_json:
         print_json(data)
@@ -246,38 +245,29 @@ def adapters_merge(
 def audit(store: Store, item_id: Annotated[int, typer.Argument(help="Item id.")], as_json: AsJson = False) -> None:
     """Every adapter that saw ITEM_ID, its role (new, replay, merged) and the adapter's state, and the training
     pairs made from it (the questions it was trained on and the one held out for the gate)."""
-    from engramma.updater import augment as augmentation
+    from engramma.updater.audit import audit_item
 
     with _registry(store) as db:
         with db.transaction() as con:
-            item = con.execute("SELECT status, route, rule, scope FROM items WHERE id = ?", [item_id]).fetchall()
-            if not item:
-                raise InvalidInput(f"no item {item_id} in {store}")
-            seen = con.execute(
-                "SELECT a.version, l.role, a.status, a.tainted, a.train_scope, a.created_at FROM lineage l "
-                "JOIN adapters a ON a.version = l.adapter_version WHERE l.item_id = ? "
-                "ORDER BY CAST(substr(a.version, 2) AS INTEGER)", [item_id]).fetchall()
-            queued = con.execute("SELECT status FROM queue WHERE item_id = ?", [item_id]).fetchall()
-            pairs = augmentation.load(con, [item_id]).get(item_id, [])
-    status, route, rule, scope = item[0]
-    data = {"item": item_id, "status": status, "route": route, "rule": rule, "scope": scope,
-            "queue": queued[0][0] if queued else None,
-            "adapters": [{"version": v, "role": role, "status": st, "tainted": t, "train_scope": sc,
-                          "created_at": str(at)} for v, role, st, t, sc, at in seen],
-            "pairs": [{"question": p.question, "answer": p.answer, "source": p.source, "heldout": p.heldout}
-                      for p in pairs]}
+            try:
+                found = audit_item(con, item_id)
+            except ItemNotFound as e:
+                raise InvalidInput(f"no item {item_id} in {store}") from e
+    data = found.as_dict()
+    status, route, rule, scope, pairs = found.status, found.route, found.rule, found.scope, found.pairs
     if as_json:
         print_json(data)
         return
     typer.echo(f"item {item_id} ({status}, route {route} by {rule}, scope {scope}, queue {data['queue'] or '-'})")
-    if not seen:
+    if not found.adapters:
         typer.echo("  no adapter has seen it")
     for a in data["adapters"]:
         typer.echo(f"  {a['version']}\t{a['role']}\t{a['status']}{' (tainted)' if a['tainted'] else ''}\t{a['train_scope']}")
     if pairs:
         typer.echo(f"  {len(pairs)} training pair(s), made when it was first planned:")
     for p in pairs:
-        typer.echo(f"    [{p.source}{', held out' if p.heldout else ''}] {p.question or '(the statement)'} -> {p.answer}")
+        typer.echo(f"    [{p['source']}{', held out' if p['heldout'] else ''}] {p['question'] or '(the statement)'} "
+                   f"-> {p['answer']}")
 
 
 @app.command()

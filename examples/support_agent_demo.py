@@ -35,7 +35,8 @@ from support_stream import (PRODUCT_ANSWERS, PRODUCT_FACTS, SIGN_OFF, UNSEEN_QUE
 
 from engramma import Memory  # noqa: E402
 from engramma.agents import LocalAgent  # noqa: E402
-from engramma.memory.store import open_existing, scalar  # noqa: E402
+from engramma.memory.store import open_existing  # noqa: E402
+from engramma.updater.audit import privacy_summary  # noqa: E402
 from engramma.updater import consolidate, load_model  # noqa: E402
 from engramma.updater.dataset import normalise  # noqa: E402
 from engramma.updater.report import write_report  # noqa: E402
@@ -64,7 +65,6 @@ LEGEND = ("index/both/drop: how the policy routed the day's items (both: indexed
           "the house style, after the night; kept: earlier nights' probes the candidate still answers; BWT: "
           "backward transfer (0: nothing forgotten); adapter: the gate's verdict")
 # Items that a user's privacy depends on: what a user said, or anything the PII detector flagged.
-PRIVATE = "(i.scope LIKE 'user:%' OR json_array_length(json_extract(i.signals, '$.pii')) > 0)"
 
 
 def recall_hit_rate(mem: Memory, day: int) -> tuple[int, int]:
@@ -129,10 +129,7 @@ def day_table(title: str | None = None) -> Table:
 
 def privacy(mem: Memory) -> dict[str, int]:
     with mem.store.transaction() as con:
-        return {"observed": scalar(con, f"SELECT count(*) FROM items i WHERE {PRIVATE}"),
-                "queued": scalar(con, f"SELECT count(*) FROM queue q JOIN items i ON i.id = q.item_id WHERE {PRIVATE}"),
-                "trained": scalar(con, "SELECT count(DISTINCT l.item_id) FROM lineage l JOIN items i "
-                                       f"ON i.id = l.item_id WHERE {PRIVATE}")}
+        return privacy_summary(con)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engramma.errors import ItemNotFound
 from engramma.memory.store import ITEM_COLUMNS, item_from_row
-from engramma.memory.types import Explanation, Item, Probe
+from engramma.types import Explanation, Item, Probe
 from engramma.policies import Policy, RuleTrace, Signals, explain, parse_policy
 
 NOT_STORED = "(not stored)"

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +26,11 @@ from engramma.memory.index import IVF_THRESHOLD
 from engramma.memory.routing import route_batch
 from engramma.memory.explain import explain_item, traces_before_erasing, traces_json
 from engramma.memory.store import (  # noqa: F401  (ITEM_COLUMNS, item_from_row, append_events: used from here too)
-    DB_FILE, EVENTS_SCHEMA, ITEM_COLUMNS, QUEUE_SCHEMA, Store, _head_bytes, append_events, insert, item_from_row,
+    DB_FILE, EVENTS_SCHEMA, ITEM_COLUMNS, Store, _head_bytes, append_events, insert, item_from_row,
     items_schema, naive_utc, scalar, write_head)
-from engramma.memory.types import Explanation, Hit, Item, Record, Stats, check_scope
+from engramma.types import Explanation, Hit, Item, Record, Stats, check_scope
 from engramma.memory.view import CheckpointUnusable, IndexView
+from engramma.memory.weights import Weights
 from engramma.policies import Decision, LivePolicy, Policy, Route
 
 CHECKPOINT = Path("index") / "checkpoint.bin"
@@ -80,10 +81,17 @@ def _check_k(k: int) -> None:
 
 
 class Memory:
-    """One store folder, opened by `Memory.open(path)`. Safe to share between threads and processes."""
+    """One store folder, opened by `Memory.open(path)`. Safe to share between threads and processes.
 
-    def __init__(self, folder: Path, store: Store, embedder: Embedder, config: MemoryConfig, policy: LivePolicy):
+    This class is the fast memory alone: it needs `weights`, the slow memory's queue and adapters, to learn
+    and to forget from. `engramma.Memory` is this class wired to the updater's; use that one."""
+
+    weights: ClassVar[Weights | None] = None  # set by the class that wires this memory to its weights
+
+    def __init__(self, folder: Path, store: Store, embedder: Embedder, config: MemoryConfig, policy: LivePolicy,
+                 weights: Weights):
         self.folder = folder
+        self.weights = weights
         self.store = store
         self.embedder = embedder
         self.config = config
@@ -98,13 +106,19 @@ class Memory:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, embedder: str | Embedder | None = None,
-             policy: str | os.PathLike | Policy | None = None, config: MemoryConfig | None = None) -> Memory:
+             policy: str | os.PathLike | Policy | None = None, config: MemoryConfig | None = None,
+             weights: Weights | None = None) -> Memory:
         """Open the store folder at `path`, creating it if needed.
 
         `embedder` defaults to the store's own. `policy` is a YAML file, `preset:NAME` or a loaded `Policy`;
         a file or preset named here becomes the store's policy, and without one the store keeps its own (the
-        default preset for a new store). A policy file is re-read when it changes.
+        default preset for a new store). A policy file is re-read when it changes. `weights` defaults to the
+        class's own.
         """
+        weights = weights or cls.weights
+        if weights is None:
+            raise StoreError("engramma.memory.Memory is the fast memory alone, without weights to learn and "
+                             "forget from: open stores with engramma.Memory, or pass weights=")
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
             raise StoreError(f"{folder}: exists and is not a folder")
@@ -132,7 +146,7 @@ class Memory:
                     "naming an embedder, or ingest into a new store"
                 )
             dim = KNOWN_DIMS.get(embedder.name) or embedder.dim
-            memory = cls(folder, store, embedder, config, live)
+            memory = cls(folder, store, embedder, config, live, weights)
             with store.transaction() as con:
                 meta = store.ensure_schema(con, dim=dim, embedder=embedder.name)
                 # Kept at once, not at its first decision: a policy given as text must be there to reopen by.
@@ -311,17 +325,16 @@ class Memory:
             policy = self.live_policy.current()  # after syncing: another process may have set a new one
             ids = list(range(self._next_id, self._next_id + len(items)))
             routed = route_batch(con, items, vectors, ids, view=self.view, scopes_of=self.visible_scopes,
-                                 policy=policy, now=now, naive=naive_utc)
+                                 policy=policy, now=now, naive=naive_utc, learned_scopes=self.weights.learned_scopes)
             decisions = routed.decisions
             self._record_policy(con, policy, now)
             self._insert_items(con, ids, items, routed, vectors, now, policy)
             trained = [n for n, d in enumerate(decisions) if d.route.trained]
-            insert(con, "queue", {
-                "item_id": [ids[n] for n in trained], "status": ["pending"] * len(trained),
-                "train_scope": [decisions[n].train_scope for n in trained],
-                "priority": [decisions[n].priority for n in trained],
-                "enqueued_at": [naive_utc(now)] * len(trained), "corrects": [routed.corrects[n] for n in trained],
-            }, QUEUE_SCHEMA)
+            if trained:
+                self.weights.enqueue(con, [ids[n] for n in trained],
+                                     train_scopes=[decisions[n].train_scope for n in trained],
+                                     priorities=[decisions[n].priority for n in trained],
+                                     corrects=[routed.corrects[n] for n in trained], now=now)
             old = sorted(i for i in routed.superseded if i not in set(ids))
             if old:
                 con.execute("UPDATE items SET valid_to = v.t FROM (SELECT unnest(?) AS id, unnest(?) AS t) v "
@@ -436,17 +449,13 @@ class Memory:
                 "probe_question = NULL, probe_answer = NULL, meta = NULL, vector = NULL, in_index = false, "
                 "forgotten_at = ?, traces = t.traces FROM (SELECT unnest(?) AS id, unnest(?) AS traces) t "
                 "WHERE items.id = t.id", [naive_utc(now), ids, traces])
-            con.execute("DELETE FROM queue WHERE item_id IN (SELECT unnest(?)) AND status = 'pending'", [ids])
-            con.execute("DELETE FROM augmentations WHERE item_id IN (SELECT unnest(?))", [ids])  # its wordings
             seqs = list(range(self.view.seq + 1, self.view.seq + 1 + len(ids)))
             self._insert_events(con, seqs, "forget", ids, [None] * len(ids), now)
             head = self._write_head(seqs[-1])
             # Forgetting reaches the weights: adapters that saw the items are tainted, then rolled back or
             # queued for a rebuild, as the policy says. Its own events (items returning to the index when an
             # adapter is rolled back) come after ours and move the head on; the next read replays them.
-            from engramma.updater.unlearn import unlearn
-
-            unlearn(con, self.folder, ids, self.policy.spec.gate.on_forget, now)
+            self.weights.forget(con, self.folder, ids, self.policy.spec.gate.on_forget, now)
             self._read_counters(con)
         self._seen_head, self.view.seq = head, seqs[-1]
         self.view.remove(ids)
@@ -545,7 +554,7 @@ class Memory:
                 "SELECT scope, count(*) FROM items WHERE status = 'kept' GROUP BY ALL ORDER BY 1").fetchall())
             by_route = dict(con.execute("SELECT route, count(*) FROM items GROUP BY ALL ORDER BY 1").fetchall())
             forgotten = scalar(con, "SELECT count(*) FROM items WHERE status = 'forgotten'")
-            queued = scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending'")
+            queued = self.weights.pending(con)
             events = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
         kinds: dict[str, int] = {}
         for index in self.view.indexes.values():

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from engramma.memory.signals import BatchSignals, KeyedObservation
-from engramma.memory.types import Item
+from engramma.types import Item
 from engramma.memory.view import IndexView
 from engramma.policies import Decision, Policy, Route, Signals, decide
 
@@ -26,7 +26,8 @@ class Routed:
 
 
 def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, view: IndexView, scopes_of,
-                policy: Policy, now: datetime, naive) -> Routed:
+                policy: Policy, now: datetime, naive, learned_scopes) -> Routed:
+    """`learned_scopes(con, ids)`: the train scope each item was queued for or trained into (the weights')."""
     keys = sorted({item.key for item in items if item.key is not None})
     history: list[KeyedObservation] = []
     current: dict[tuple[str, str], tuple[int, str, datetime]] = {}  # (scope, key) -> (id, hash, ts)
@@ -44,11 +45,7 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
             if status == "kept" and valid_to is None:
                 current[(scope, key)] = (item_id, content_hash, ts)
         if current:
-            learned = dict(con.execute(
-                "SELECT item_id, train_scope FROM queue WHERE item_id IN (SELECT unnest($ids)) "
-                "UNION SELECT l.item_id, a.train_scope FROM lineage l JOIN adapters a ON a.version = l.adapter_version "
-                "WHERE l.item_id IN (SELECT unnest($ids))",
-                {"ids": [v[0] for v in current.values()]}).fetchall())
+            learned = learned_scopes(con, [v[0] for v in current.values()])
 
     def dropped_repeats(candidates: set[int], since: datetime) -> dict[int, int]:
         return dict(con.execute(

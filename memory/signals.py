@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from engramma.memory.pii import find_pii
-from engramma.memory.types import Item
+from engramma.types import Item
 from engramma.memory.view import IndexView
 from engramma.policies.decision import Route, Signals
 from engramma.policies.schema import SignalSettings

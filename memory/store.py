@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from engramma.errors import StoreBusy, StoreError
-from engramma.memory.types import Item, Probe
+from engramma.types import Item, Probe
 
 DB_FILE = "engramma.duckdb"
 SCHEMA_VERSION = 5
@@ -141,10 +141,6 @@ def items_schema(dim: int) -> pa.Schema:
         ("after_consolidation", pa.string()), ("duplicate_of", pa.int64()), ("signals", pa.string()),
         ("traces", pa.string()),
     ])
-
-
-QUEUE_SCHEMA = pa.schema([("item_id", pa.int64()), ("status", pa.string()), ("train_scope", pa.string()),
-                          ("priority", pa.int32()), ("enqueued_at", pa.timestamp("us")), ("corrects", pa.int64())])
 
 
 EVENTS_SCHEMA = pa.schema([("seq", pa.int64()), ("op", pa.string()), ("item_id", pa.int64()),

@@ -21,7 +21,7 @@ import numpy as np
 
 from engramma.memory.atomic import atomic_write_bytes
 from engramma.memory.index import IVF_THRESHOLD, AutoIndex
-from engramma.memory.types import Item
+from engramma.types import Item
 
 MAGIC = b"ENGRAMMA-INDEX\n"
 FORMAT = 2  # 2: shadow indexes

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable
 
-from engramma.memory.types import Item
 from engramma.policies.decision import Decision, Route, Signals
 from engramma.policies.schema import PolicyFile, Range, Rule, When
+from engramma.types import Item
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from engramma.memory.pii import PII_KINDS
-from engramma.memory.types import Kind
 from engramma.policies.decision import Route
+from engramma.types import PII_KINDS, Kind
 
 PiiKind = Literal["email", "phone", "credit_card", "iban", "ip_address", "api_key", "password", "national_id"]
 assert set(PiiKind.__args__) == set(PII_KINDS)  # one list of PII kinds

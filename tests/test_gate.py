@@ -369,7 +369,7 @@ def test_on_forget_rollback_or_retrain_alone(tmp_path, embedder, tiny, mode):
 
 def test_a_round_of_corrected_values_is_promoted_not_taken_for_forgetting(tmp_path, embedder, tiny):
     """Superseded values leave the retention set: answering the new colour is not forgetting the old one."""
-    from engramma.memory.types import Probe
+    from engramma.types import Probe
 
     store = tmp_path / "store"
     old = observe(store, facts(0, 6), embedder, gated_policy(tmp_path, epochs=40))

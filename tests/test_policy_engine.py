@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engramma.memory.pii import PII_KINDS
-from engramma.memory.types import Item, Kind, Probe
+from engramma.types import Item, Kind, Probe
 from engramma.policies import Route, Signals, decide, explain, load_policy, parse_policy
 
 

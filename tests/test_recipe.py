@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from engramma import Item, Memory
 from engramma.cli import app
 from engramma.memory.store import open_existing
-from engramma.memory.types import Probe
+from engramma.types import Probe
 from engramma.policies.schema import ConsolidationSettings
 from engramma.updater import consolidate
 from engramma.updater import augment as augmentation

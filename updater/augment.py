@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engramma.memory.types import Item
+from engramma.types import Item
 from engramma.updater.dataset import normalise
 
 # Sources of a pair, in the order an item's pairs are numbered.
@@ -148,13 +148,18 @@ def load(con, item_ids: list[int]) -> dict[int, list[Pair]]:
 
 def save(con, pairs: dict[int, list[Pair]], now) -> None:
     """Store each item's pairs, replacing any it had; items forgotten in the meantime get none."""
-    from engramma.memory.memory import naive_utc
+    from engramma.memory import items
+    from engramma.memory.store import naive_utc
 
-    kept = {r[0] for r in con.execute("SELECT id FROM items WHERE status = 'kept' AND id IN (SELECT unnest(?))",
-                                      [list(pairs) or [-1]]).fetchall()}
+    kept = set(items.kept(con, list(pairs)))
     rows = [(i, n, p.question, p.answer, p.source, p.heldout) for i in sorted(kept) for n, p in enumerate(pairs[i])]
     con.execute("DELETE FROM augmentations WHERE item_id IN (SELECT unnest(?))", [sorted(kept) or [-1]])
     if rows:
         columns = list(zip(*rows))
         con.execute("INSERT INTO augmentations SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), "
                     "unnest(?), ?", [*(list(c) for c in columns), naive_utc(now)])
+
+
+def erase(con, item_ids: list[int]) -> None:
+    """Forgotten items' wordings go with them."""
+    con.execute("DELETE FROM augmentations WHERE item_id IN (SELECT unnest(?))", [item_ids])

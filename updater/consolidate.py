@@ -24,8 +24,9 @@ import numpy as np
 
 from engramma.errors import EngrammaError, InvalidInput
 from engramma.memory.memory import ITEM_COLUMNS, item_from_row, naive_utc, store_policy
+from engramma.memory import items as item_rows
 from engramma.memory.store import Store, open_existing, scalar
-from engramma.memory.types import Item, check_scope
+from engramma.types import Item, check_scope
 from engramma.policies import Policy
 from engramma.policies.schema import ConsolidationSettings
 from engramma.updater import anchors, mix, registry
@@ -77,12 +78,8 @@ def replay_pool(con, train_scope: str, chain: list[str], exclude: list[int], now
     replayed), and what the policy queued for this scope and a consolidation learned before, in a version since
     rejected, rolled back or off the chain (such items live on in the index alone). Items the policy never
     queued for this scope are never in it: replay must not carry anything into weights the policy kept it from."""
-    return [r[0] for r in con.execute(
-        "SELECT DISTINCT p.item_id FROM (SELECT item_id FROM lineage WHERE adapter_version IN (SELECT unnest($chain)) "
-        "UNION SELECT item_id FROM queue WHERE train_scope = $scope AND status = 'done') p "
-        "JOIN items i ON i.id = p.item_id WHERE i.status = 'kept' AND (i.valid_to IS NULL OR i.valid_to > $now) "
-        "AND p.item_id NOT IN (SELECT unnest($exclude)) ORDER BY 1",
-        {"chain": chain or [""], "scope": train_scope, "now": naive_utc(now), "exclude": exclude or [-1]}).fetchall()]
+    learned = set(registry.learned_by(con, chain, roles=None)) | set(jobs.done_in_scope(con, train_scope))
+    return [i for i in item_rows.current(con, sorted(learned), now) if i not in set(exclude)]
 
 
 def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed: int) -> None:
@@ -247,8 +244,7 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
     done, the reservoir updated, the job finished."""
     now = _now()
     with store.transaction() as con:
-        held = scalar(con, "SELECT count(*) FROM queue WHERE item_id IN (SELECT unnest(?)) AND lease_owner = ? "
-                           "AND status = 'claimed'", [plan["new"], job.job_id])
+        held = jobs.held_by(con, job, plan["new"])
         if held < len(plan["new"]):  # INVARIANT: two jobs never record the same item as new
             raise LeaseLost(f"job {job.job_id} holds {held} of its {len(plan['new'])} items: its lease ran out "
                             "and another job claimed the rest; nothing recorded")
@@ -275,9 +271,9 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
                          peak_mem_mb=report.peak_mem_mb, now=now, lineage=lineage,
                          note=f"items forgotten while it trained: {forgotten}" if forgotten else None)
             if forgotten:  # learned something that must be unlearned: never promote it as it is
-                con.execute("UPDATE adapters SET tainted = true WHERE version = ?", [version])
+                registry.taint(con, [version], "saw items forgotten while it trained")
             jobs.finish(con, job, version=version, now=now)
-            con.execute("UPDATE adapters SET job_id = ? WHERE version = ?", [job.job_id, version])
+            registry.set_job(con, version, job.job_id)
             update_reservoir(con, plan["train_scope"], [i for i in plan["new"] if i not in forgotten],
                              settings.reservoir_size, settings.training.seed)
         except BaseException:
@@ -419,7 +415,7 @@ def _clean_job_folders(store: Store) -> None:
     if not root.is_dir():
         return
     with store.transaction() as con:
-        running = {r[0] for r in con.execute("SELECT job_id FROM jobs WHERE status = 'running'").fetchall()}
+        running = jobs.running_jobs(con)
     for child in root.iterdir():
         if child.name not in running:
             shutil.rmtree(child, ignore_errors=True)

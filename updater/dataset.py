@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from engramma.memory.types import Item, Kind
+from engramma.types import Item, Kind
 
 IGNORE = -100  # label of a token that carries no loss (prompt, padding)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engramma.memory.types import Item
+from engramma.types import Item
 from engramma.updater.dataset import TokenizedExample, chat_prompt_ids, collate, normalise
 
 

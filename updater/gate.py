@@ -25,17 +25,15 @@ from pathlib import Path
 from engramma.errors import EngrammaError
 from engramma.memory.memory import ITEM_COLUMNS, append_events, item_from_row, naive_utc, store_policy
 from engramma.memory.store import Store, scalar
-from engramma.memory.types import Item
 from engramma.policies.schema import AnchorSettings, GateSettings
-from engramma.updater import anchors, registry
+from engramma.types import Item
+from engramma.updater import anchors, queue, registry
 from engramma.updater import augment as augmentation
 from engramma.updater.dataset import Example, tokenize
 from engramma.updater.evaluate import GENERAL_TEXT, generate, pooled_perplexity, score_items, word_f1
 from engramma.updater.layout import system_message
 from engramma.updater.model import LanguageModel
 from engramma.updater.registry import AdapterStatus, AdapterVersion
-
-MAX_ATTEMPTS = 3  # a rejected round's items are queued again until they have been trained this many times
 
 
 class GateError(EngrammaError):
@@ -383,12 +381,10 @@ def gate(store: Store, lm: LanguageModel, version: str) -> GateReport:
 
 
 def requeue_rejected(con, version: str) -> int:
-    """A rejected round's items go back to the queue (until they have been tried MAX_ATTEMPTS times)."""
-    con.execute("UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
-                "WHERE adapter_version = ? AND status = 'done' AND attempts < ?", [version, MAX_ATTEMPTS])
-    con.execute("UPDATE queue SET status = 'failed' WHERE adapter_version = ? AND status = 'done'", [version])
-    return scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending' AND item_id IN "
-                       "(SELECT item_id FROM lineage WHERE adapter_version = ? AND role = 'new')", [version])
+    """A rejected round's items go back to the queue (until they have been tried MAX_ATTEMPTS times). Returns how
+    many of its new items are pending again."""
+    queue.requeue_rejected(con, version)
+    return queue.pending_among(con, registry.learned_by(con, [version], roles=("new",)))
 
 
 def settle_index(con, store_folder: Path, train_scope: str, now: datetime) -> tuple[list[int], list[int]]:

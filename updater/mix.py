@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from engramma.memory.types import Item
+from engramma.types import Item
 from engramma.policies.schema import ConsolidationSettings
 from engramma.updater.augment import STATEMENT, Pair, template_pairs
 from engramma.updater.dataset import Example, normalise

@@ -1,12 +1,15 @@
 """The update queue and the jobs that drain it: claims with leases, so that two jobs never train the same item
 and a crashed job's items go back to the queue once its lease runs out.
 
-A queue row is `pending`, `claimed` (leased to a job until `lease_expires`), `done` (learned by an adapter) or
-`skipped` (forgotten, superseded or expired before it was trained). A claimed row whose lease has run out
-counts as pending to every other job. INVARIANT: queue rows are never deleted by consolidation.
+This module owns the `queue` and `jobs` tables: no other module reads or changes their rows. A queue row is
+`pending`, `claimed` (leased to a job until `lease_expires`), `done` (learned by an adapter), `skipped`
+(forgotten, superseded or expired before it was trained) or `failed` (rejected by the gate MAX_ATTEMPTS times).
+A claimed row whose lease has run out counts as pending to every other job. INVARIANT: queue rows are never
+deleted by consolidation; forgetting withdraws pending ones.
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import socket
@@ -16,11 +19,24 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
-from engramma.memory.memory import naive_utc
-from engramma.memory.store import scalar
+from engramma.memory.store import insert, naive_utc, scalar
 
 LEASE_SECONDS = 600.0  # a job renews its lease as it trains; a crashed job's items return after this
+MAX_ATTEMPTS = 3  # a rejected item is trained again at most this often, then it stays `failed`
+
+
+class QueueStatus(str, enum.Enum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+ROW_SCHEMA = pa.schema([("item_id", pa.int64()), ("status", pa.string()), ("train_scope", pa.string()),
+                        ("priority", pa.int32()), ("enqueued_at", pa.timestamp("us")), ("corrects", pa.int64())])
 
 CLAIMABLE = "(status = 'pending' OR (status = 'claimed' AND lease_expires < $now))"
 
@@ -41,6 +57,71 @@ def new_job(store_folder: Path, train_scope: str) -> Job:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     job_id = f"job-{stamp}-{uuid.uuid4().hex[:6]}"
     return Job(job_id, train_scope, store_folder / "adapters" / ".jobs" / job_id, owner())
+
+
+def enqueue(con: duckdb.DuckDBPyConnection, item_ids: list[int], *, train_scopes: list[str], priorities: list[int],
+            corrects: list[int | None], now: datetime) -> None:
+    """Queue newly observed items for training (`corrects`: the superseded item each one corrects, if any)."""
+    insert(con, "queue", {
+        "item_id": item_ids, "status": [QueueStatus.PENDING.value] * len(item_ids), "train_scope": train_scopes,
+        "priority": priorities, "enqueued_at": [naive_utc(now)] * len(item_ids), "corrects": corrects,
+    }, ROW_SCHEMA)
+
+
+def withdraw(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> None:
+    """Forgotten items leave the queue unless a job holds them (it finds them forgotten when it ends)."""
+    con.execute("DELETE FROM queue WHERE item_id IN (SELECT unnest(?)) AND status = 'pending'", [item_ids])
+
+
+def pending_count(con: duckdb.DuckDBPyConnection) -> int:
+    return scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending'")
+
+
+def queued_scopes(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> dict[int, str]:
+    """The train scope each of `item_ids` was queued for, whatever became of it."""
+    return dict(con.execute("SELECT item_id, train_scope FROM queue WHERE item_id IN (SELECT unnest(?))",
+                            [item_ids]).fetchall())
+
+
+def statuses(con: duckdb.DuckDBPyConnection, item_id: int) -> list[QueueStatus]:
+    return [QueueStatus(r[0]) for r in con.execute("SELECT status FROM queue WHERE item_id = ?", [item_id]).fetchall()]
+
+
+def requeue_rejected(con: duckdb.DuckDBPyConnection, version: str) -> None:
+    """A rejected version's items go back to pending, or to `failed` once tried MAX_ATTEMPTS times."""
+    con.execute("UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
+                "WHERE adapter_version = ? AND status = 'done' AND attempts < ?", [version, MAX_ATTEMPTS])
+    con.execute("UPDATE queue SET status = 'failed' WHERE adapter_version = ? AND status = 'done'", [version])
+
+
+def requeue_learned(con: duckdb.DuckDBPyConnection, item_ids: list[int], now: datetime) -> None:
+    """Items some versions learned go back to pending, to be learned again (unlearning), where still current."""
+    con.execute(
+        "UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
+        "WHERE status = 'done' AND item_id IN (SELECT unnest($ids)) AND item_id IN "
+        "(SELECT id FROM items WHERE status = 'kept' AND (valid_to IS NULL OR valid_to > $now))",
+        {"ids": item_ids, "now": naive_utc(now)})
+
+
+def pending_among(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> int:
+    return scalar(con, "SELECT count(*) FROM queue WHERE status = 'pending' AND item_id IN (SELECT unnest(?))",
+                  [item_ids])
+
+
+def done_in_scope(con: duckdb.DuckDBPyConnection, train_scope: str) -> list[int]:
+    """Items learned for `train_scope` by some version."""
+    return [r[0] for r in con.execute("SELECT item_id FROM queue WHERE train_scope = ? AND status = 'done' ORDER BY 1",
+                                      [train_scope]).fetchall()]
+
+
+def held_by(con: duckdb.DuckDBPyConnection, job: Job, item_ids: list[int]) -> int:
+    """How many of `item_ids` the job still holds under its lease."""
+    return scalar(con, "SELECT count(*) FROM queue WHERE item_id IN (SELECT unnest(?)) AND lease_owner = ? "
+                       "AND status = 'claimed'", [item_ids, job.job_id])
+
+
+def running_jobs(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT job_id FROM jobs WHERE status = 'running'").fetchall()}
 
 
 def scopes_waiting(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, int]:

@@ -96,6 +96,62 @@ def add(con: duckdb.DuckDBPyConnection, *, version: str, parent: str | None, tra
                     [version, list(lineage), list(lineage.values())])
 
 
+# -- lineage: which items each version saw ---------------------------------------------------------------------
+
+
+def saw(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> list[str]:
+    """The versions whose lineage holds one of `item_ids`."""
+    return [r[0] for r in con.execute("SELECT DISTINCT adapter_version FROM lineage WHERE item_id IN (SELECT unnest(?)) "
+                                      "ORDER BY 1", [item_ids]).fetchall()]
+
+
+def learned_by(con: duckdb.DuckDBPyConnection, versions: list[str],
+               roles: tuple[str, ...] | None = ("new", "merged")) -> list[int]:
+    """The items `versions` saw in one of `roles` (new, replay, merged; None: any)."""
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT item_id FROM lineage WHERE adapter_version IN (SELECT unnest($versions)) "
+        "AND ($any OR role IN (SELECT unnest($roles))) ORDER BY 1",
+        {"versions": versions, "any": roles is None, "roles": list(roles or ())}).fetchall()]
+
+
+def trained_scopes(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> dict[int, str]:
+    """The train scope of an adapter that saw each of `item_ids`, for those some adapter saw."""
+    return dict(con.execute("SELECT l.item_id, a.train_scope FROM lineage l JOIN adapters a ON a.version = "
+                            "l.adapter_version WHERE l.item_id IN (SELECT unnest(?)) ORDER BY a.created_at",
+                            [item_ids]).fetchall())
+
+
+def roles(con: duckdb.DuckDBPyConnection, version: str) -> dict[str, int]:
+    """How many items `version` saw in each role."""
+    return dict(con.execute("SELECT role, count(*) FROM lineage WHERE adapter_version = ? GROUP BY ALL",
+                            [version]).fetchall())
+
+
+def versions_that_saw(con: duckdb.DuckDBPyConnection, item_id: int) -> list[tuple]:
+    """(version, role, status, tainted, train scope, created at) for every version that saw `item_id`, oldest
+    first."""
+    return con.execute(
+        "SELECT a.version, l.role, a.status, a.tainted, a.train_scope, a.created_at FROM lineage l "
+        "JOIN adapters a ON a.version = l.adapter_version "
+        "WHERE l.item_id = ? ORDER BY CAST(substr(a.version, 2) AS INTEGER)", [item_id]).fetchall()
+
+
+def taint(con: duckdb.DuckDBPyConnection, versions: list[str], note: str) -> None:
+    """Mark `versions` tainted (never to be promoted again), saying why, unless they already are."""
+    con.execute("UPDATE adapters SET tainted = true, note = coalesce(note || '; ', '') || ? "
+                "WHERE version IN (SELECT unnest(?)) AND NOT tainted", [note, versions])
+
+
+def set_job(con: duckdb.DuckDBPyConnection, version: str, job_id: str) -> None:
+    con.execute("UPDATE adapters SET job_id = ? WHERE version = ?", [job_id, version])
+
+
+def active_among(con: duckdb.DuckDBPyConnection, versions: list[str]) -> list[tuple[str, str]]:
+    """(train scope, version) for each of `versions` that is active."""
+    return con.execute("SELECT train_scope, version FROM adapters WHERE status = 'active' "
+                       "AND version IN (SELECT unnest(?)) ORDER BY 1", [versions]).fetchall()
+
+
 def get(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str) -> AdapterVersion:
     rows = con.execute(f"SELECT {COLUMNS} FROM adapters WHERE version = ?", [version]).fetchall()
     if not rows:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from engramma.memory.memory import naive_utc
-from engramma.updater import registry
+from engramma.memory.store import naive_utc
+from engramma.updater import queue, registry
 from engramma.updater.registry import AdapterStatus
 
 
@@ -36,20 +36,15 @@ def unlearn(con, store_folder: Path, item_ids: list[int], mode: str, now: dateti
     scopes rolled back."""
     from engramma.updater.gate import settle_index
 
-    saw = [r[0] for r in con.execute(
-        "SELECT DISTINCT adapter_version FROM lineage WHERE item_id IN (SELECT unnest(?))", [item_ids]).fetchall()]
+    saw = registry.saw(con, item_ids)
     if not saw:
         return {}
     tainted = registry.descendants(con, saw)
     stamp = f"tainted {now:%Y-%m-%d %H:%M}"
-    con.execute("UPDATE adapters SET tainted = true, note = coalesce(note || '; ', '') || ? "
-                "WHERE version IN (SELECT unnest(?)) AND NOT tainted", [f"{stamp}: saw forgotten items", saw])
-    con.execute("UPDATE adapters SET tainted = true, note = coalesce(note || '; ', '') || ? "
-                "WHERE version IN (SELECT unnest(?)) AND NOT tainted",
-                [f"{stamp}: built on a version that saw forgotten items", tainted])
+    registry.taint(con, saw, f"{stamp}: saw forgotten items")
+    registry.taint(con, tainted, f"{stamp}: built on a version that saw forgotten items")
     rolled: dict[str, str | None] = {}
-    for scope, active in con.execute("SELECT train_scope, version FROM adapters WHERE status = 'active' "
-                                     "AND version IN (SELECT unnest(?)) ORDER BY 1", [tainted]).fetchall():
+    for scope, active in registry.active_among(con, tainted):
         clean = clean_ancestor(con, store_folder, active)
         if mode in ("retrain", "both"):
             lineage = registry.ancestors(con, active)  # the tainted versions down to the clean ancestor
@@ -58,12 +53,7 @@ def unlearn(con, store_folder: Path, item_ids: list[int], mode: str, now: dateti
                         [scope, clean, naive_utc(now), f"{active} saw forgotten items {sorted(item_ids)[:10]}"])
             # What those versions learned (as new, or through a merge) goes back to the queue, to be learned
             # again without the forgotten items.
-            con.execute(
-                "UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
-                "WHERE status = 'done' AND item_id IN (SELECT item_id FROM lineage WHERE role IN ('new', 'merged') "
-                "AND adapter_version IN (SELECT unnest($chain))) AND item_id IN "
-                "(SELECT id FROM items WHERE status = 'kept' AND (valid_to IS NULL OR valid_to > $now))",
-                {"chain": chain, "now": naive_utc(now)})
+            queue.requeue_learned(con, registry.learned_by(con, chain), now)
         if mode in ("rollback", "both"):
             registry.set_status(con, active, AdapterStatus.RETIRED, now, note="rolled back: saw forgotten items")
             if clean is not None:

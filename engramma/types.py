@@ -1,4 +1,5 @@
-"""Value types that cross module boundaries: `Item` in, `Record` and `Hit` out."""
+"""Value types that cross module boundaries: `Item` in, `Record` and `Hit` out, and the PII kinds. Memory and
+policies both use them, so they live here and import nothing of the project but its errors."""
 from __future__ import annotations
 
 import copy
@@ -22,6 +23,9 @@ class Kind(str, enum.Enum):
     DOCUMENT = "document"
     CONVERSATION = "conversation"
 
+
+# The personal data and secrets that memory/pii.py finds and policies name in `pii:` conditions.
+PII_KINDS = ("email", "phone", "credit_card", "iban", "ip_address", "api_key", "password", "national_id")
 
 KIND_NAMES = ", ".join(k.value for k in Kind)
 
