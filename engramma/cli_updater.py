@@ -140,7 +140,8 @@ def adapters_promote(
     """Make VERSION the active adapter of its scope (the one it replaces is retired). A candidate that was
     never gated (`consolidate --no-gate`) is evaluated and gated first: no adapter reaches an agent unmeasured."""
     from engramma.updater import load_model, registry
-    from engramma.updater.gate import gate, settle_index
+    from engramma.updater.activate import activate
+    from engramma.updater.gate import gate
     from engramma.updater.registry import AdapterError, AdapterStatus
 
     with _registry(store) as db:
@@ -156,12 +157,9 @@ def adapters_promote(
             if verdict.decision == "rejected" and reason is None:
                 raise AdapterError(f"{version} failed the gate and was rejected; promote it anyway with --reason")
         with db.transaction() as con:
-            previous = registry.promote(con, store, version, _now(), note=reason)
-            scope = registry.get(con, store, version).train_scope
-            settle_index(con, store, scope, _now())
-            registry.write_active_pointer(con, store)
-    typer.echo(f"{version} is now the active adapter of {scope}"
-               + (f" ({previous.version} retired)" if previous else ""))
+            change = activate(con, store, adapter.train_scope, version, _now(), note=reason)
+    typer.echo(f"{version} is now the active adapter of {change.train_scope}"
+               + (f" ({change.retired} retired)" if change.retired else ""))
 
 
 def _now():
@@ -198,13 +196,13 @@ def adapters_sync(store: Store) -> None:
 def adapters_rollback(store: Store, scope: Annotated[str, typer.Option(help="Train scope to roll back.")] = "global") -> None:
     """Retire the scope's active adapter and make the previous one active again."""
     from engramma.updater import registry
-    from engramma.updater.gate import settle_index
+    from engramma.updater.activate import activate
 
     with _registry(store) as db:
         with db.transaction() as con:
-            retired, active = registry.rollback(con, store, scope, _now())
-            settle_index(con, store, scope, _now())
-            registry.write_active_pointer(con, store)
+            retired, active = registry.rollback_target(con, store, scope)
+            activate(con, store, scope, active.version if active else None, _now(), note="rolled back",
+                     rollback=True)
     typer.echo(f"{scope}: {retired.version} retired; " + (f"{active.version} is active again" if active else
                                                          "no adapter is active now (the base model answers)"))
 

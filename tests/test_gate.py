@@ -13,7 +13,8 @@ from engramma.memory.store import open_existing
 from engramma.policies.schema import GateSettings
 from engramma.updater import AdapterError, consolidate
 from engramma.updater import registry
-from engramma.updater.gate import continual_metrics, judge, settle_index
+from engramma.updater.activate import activate
+from engramma.updater.gate import continual_metrics, judge
 from engramma.updater.merge import merge
 from engramma.updater.report import write_report
 from test_consolidate import accuracy_with, rows
@@ -56,6 +57,13 @@ def with_db(store, fn):
 
 
 # -- pure parts ---------------------------------------------------------------------------------------------
+
+
+def roll_back(con, store, now, scope="global"):
+    """What `engramma adapters rollback` does: back to the version the active one replaced."""
+    retired, target = registry.rollback_target(con, store, scope)
+    activate(con, store, scope, target.version if target else None, now, note="rolled back", rollback=True)
+    return retired, target
 
 
 def test_continual_metrics_from_a_small_accuracy_matrix():
@@ -180,11 +188,11 @@ def test_promote_rollback_reject_and_retire(tmp_path, embedder, tiny):
         run(lambda con: registry.promote(con, store, "v3", now))
     with pytest.raises(AdapterError, match="only a candidate can be rejected"):
         run(lambda con: registry.reject(con, store, "v2", now, "no"))
-    retired, active = run(lambda con: registry.rollback(con, store, "global", now))
+    retired, active = run(lambda con: roll_back(con, store, now))
     assert (retired.version, active.version) == ("v2", "v1") and status()["v2"] == "retired"
     actives = rows(store, "SELECT version, path FROM adapters WHERE status = 'active'")
     assert actives == [("v1", "adapters/v1")] and (store / "adapters/v1/adapter_config.json").is_file()
-    retired, active = run(lambda con: registry.rollback(con, store, "global", now))
+    retired, active = run(lambda con: roll_back(con, store, now))
     assert (retired.version, active) == ("v1", None), "v1 replaced nothing: the base model answers again"
     assert set(status().values()) == {"retired", "rejected"}
     shutil.rmtree(store / "adapters" / "v3")
@@ -195,7 +203,7 @@ def test_promote_rollback_reject_and_retire(tmp_path, embedder, tiny):
     run(lambda con: registry.promote(con, store, "v1", now, note="again"))
     run(lambda con: registry.promote(con, store, "v2", now, note="again"))
     shutil.rmtree(store / "adapters" / "v1")
-    retired, active = run(lambda con: registry.rollback(con, store, "global", now))
+    retired, active = run(lambda con: roll_back(con, store, now))
     assert (retired.version, active) == ("v2", None), "v1's folder is gone: the base model answers instead"
 
 
@@ -238,11 +246,7 @@ def test_evicted_items_leave_the_index_once_learned_and_return_on_rollback(tmp_p
         assert mem.check() == []
         hits = mem.recall(learned[min(passed)].text, k=3)
         assert min(passed) not in {h.id for h in hits}
-    def roll_back(con):
-        registry.rollback(con, store, "global", datetime.now(timezone.utc))
-        settle_index(con, store, "global", datetime.now(timezone.utc))
-
-    with_db(store, roll_back)
+    with_db(store, lambda con: roll_back(con, store, datetime.now(timezone.utc)))
     assert rows(store, "SELECT count(*) FROM items WHERE NOT in_index AND status = 'kept'") == [(0,)]
     with Memory.open(store, embedder=embedder) as mem:
         assert min(passed) in {h.id for h in mem.recall(learned[min(passed)].text, k=3)}, "back in the index"

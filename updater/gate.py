@@ -23,11 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engramma.errors import EngrammaError
-from engramma.memory.memory import ITEM_COLUMNS, append_events, item_from_row, naive_utc, store_policy
+from engramma.memory.memory import ITEM_COLUMNS, item_from_row, naive_utc, store_policy
 from engramma.memory.store import Store, scalar
 from engramma.policies.schema import AnchorSettings, GateSettings
 from engramma.types import Item
 from engramma.updater import anchors, queue, registry
+from engramma.updater.activate import activate, settle_index  # noqa: F401  (settle_index: once here)
 from engramma.updater import augment as augmentation
 from engramma.updater.dataset import Example, tokenize
 from engramma.updater.evaluate import GENERAL_TEXT, generate, pooled_perplexity, score_items, word_f1
@@ -371,9 +372,7 @@ def gate(store: Store, lm: LanguageModel, version: str) -> GateReport:
             requeue_rejected(con, version)
             decision = "rejected"
         elif settings.promote == "auto":
-            registry.promote(con, store.folder, version, now, note="gate: passed")
-            settle_index(con, store.folder, candidate.train_scope, now)
-            registry.write_active_pointer(con, store.folder)
+            activate(con, store.folder, candidate.train_scope, version, now, note="gate: passed")
             decision = "promoted"
         else:
             decision = "candidate"
@@ -385,22 +384,3 @@ def requeue_rejected(con, version: str) -> int:
     many of its new items are pending again."""
     queue.requeue_rejected(con, version)
     return queue.pending_among(con, registry.learned_by(con, [version], roles=("new",)))
-
-
-def settle_index(con, store_folder: Path, train_scope: str, now: datetime) -> tuple[list[int], list[int]]:
-    """Make the index agree with the weights for the scope's `after_consolidation: evict` items: out of the
-    index exactly when the active adapter answers their probe. Returns (evicted, restored) ids."""
-    active = registry.active(con, store_folder, train_scope)
-    rows = con.execute(
-        "SELECT i.id, i.in_index, p.correct FROM items i JOIN queue q ON q.item_id = i.id "
-        "LEFT JOIN probe_results p ON p.item_id = i.id AND p.evaluated = ? "
-        "WHERE i.status = 'kept' AND i.route = 'both' AND i.after_consolidation = 'evict' AND q.train_scope = ? "
-        "AND (i.valid_to IS NULL OR i.valid_to > ?)",
-        [active.version if active else "", train_scope, naive_utc(now)]).fetchall()
-    evict = [i for i, in_index, correct in rows if in_index and correct is True]
-    restore = [i for i, in_index, correct in rows if not in_index and correct is not True]
-    for ids, in_index, op in ((evict, False, "evict"), (restore, True, "restore")):
-        if ids:
-            con.execute("UPDATE items SET in_index = ? WHERE id IN (SELECT unnest(?))", [in_index, ids])
-            append_events(con, store_folder, op, ids, now)
-    return evict, restore

@@ -244,10 +244,11 @@ def reject(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, now
     set_status(con, version, AdapterStatus.REJECTED, now, note)
 
 
-def rollback(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: str,
-             now: datetime) -> tuple[AdapterVersion, AdapterVersion | None]:
-    """Retire the scope's active adapter and make the one it replaced active again (going further back past
-    versions that are tainted or whose folder is gone). Returns (retired, now active, or None: the base model)."""
+def rollback_target(con: duckdb.DuckDBPyConnection, store_folder: Path,
+                    train_scope: str) -> tuple[AdapterVersion, AdapterVersion | None]:
+    """What a rollback of the scope goes back to: the version its active adapter replaced (going further back
+    past versions that are tainted or whose folder is gone). Returns (active now, target; None: the base model).
+    `activate.activate(..., rollback=True)` makes the change."""
     current = active(con, store_folder, train_scope)
     if current is None:
         raise AdapterError(f"no active adapter in {train_scope}: nothing to roll back")
@@ -260,9 +261,6 @@ def rollback(con: duckdb.DuckDBPyConnection, store_folder: Path, train_scope: st
             target = candidate
             break
         previous = scalar(con, "SELECT replaced FROM adapters WHERE version = ?", [previous])
-    set_status(con, current.version, AdapterStatus.RETIRED, now, note="rolled back")
-    if target is not None:
-        set_status(con, target.version, AdapterStatus.ACTIVE, now)
     return current, target
 
 

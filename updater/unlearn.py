@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engramma.memory.store import naive_utc
 from engramma.updater import queue, registry
-from engramma.updater.registry import AdapterStatus
+from engramma.updater.activate import activate
 
 
 def clean_ancestor(con, store_folder: Path, version: str) -> str | None:
@@ -34,8 +34,6 @@ def unlearn(con, store_folder: Path, item_ids: list[int], mode: str, now: dateti
     """Taint every adapter whose lineage holds one of `item_ids`, then roll back and/or request a rebuild in
     each scope whose active adapter is tainted. Returns {scope: the version now active (None: base)} for the
     scopes rolled back."""
-    from engramma.updater.gate import settle_index
-
     saw = registry.saw(con, item_ids)
     if not saw:
         return {}
@@ -55,11 +53,6 @@ def unlearn(con, store_folder: Path, item_ids: list[int], mode: str, now: dateti
             # again without the forgotten items.
             queue.requeue_learned(con, registry.learned_by(con, chain), now)
         if mode in ("rollback", "both"):
-            registry.set_status(con, active, AdapterStatus.RETIRED, now, note="rolled back: saw forgotten items")
-            if clean is not None:
-                registry.set_status(con, clean, AdapterStatus.ACTIVE, now)
+            activate(con, store_folder, scope, clean, now, note="rolled back: saw forgotten items", rollback=True)
             rolled[scope] = clean
-            settle_index(con, store_folder, scope, now)
-    if rolled:
-        registry.write_active_pointer(con, store_folder)
     return rolled
