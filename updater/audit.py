@@ -41,11 +41,10 @@ def audit_item(con: duckdb.DuckDBPyConnection, item_id: int) -> ItemAudit:
     if found is None:
         raise ItemNotFound(f"no item {item_id} in this store")
     status, route, rule, scope = found
-    queued = queue.statuses(con, item_id)
+    queued = queue.status(con, item_id)
     seen = [Seen(*row[:5], str(row[5])) for row in registry.versions_that_saw(con, item_id)]
-    pairs = [{"question": p.question, "answer": p.answer, "source": p.source, "heldout": p.heldout}
-             for p in augment.load(con, [item_id]).get(item_id, [])]
-    return ItemAudit(item_id, status, route, rule, scope, queued[0].value if queued else None, seen, pairs)
+    pairs = [asdict(p) for p in augment.load(con, [item_id]).get(item_id, [])]
+    return ItemAudit(item_id, status, route, rule, scope, queued.value if queued else None, seen, pairs)
 
 
 def privacy_summary(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

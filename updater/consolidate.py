@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engramma.errors import EngrammaError, InvalidInput
-from engramma.memory.memory import ITEM_COLUMNS, item_from_row, naive_utc, store_policy
+from engramma.memory.memory import ITEM_COLUMNS, item_from_row, store_policy
 from engramma.memory import items as item_rows
 from engramma.memory.store import Store, open_existing, scalar
 from engramma.types import Item, check_scope
@@ -79,7 +79,7 @@ def replay_pool(con, train_scope: str, chain: list[str], exclude: list[int], now
     rejected, rolled back or off the chain (such items live on in the index alone). Items the policy never
     queued for this scope are never in it: replay must not carry anything into weights the policy kept it from."""
     learned = set(registry.learned_by(con, chain, roles=None)) | set(jobs.done_in_scope(con, train_scope))
-    return [i for i in item_rows.current(con, sorted(learned), now) if i not in set(exclude)]
+    return item_rows.current(con, sorted(learned - set(exclude)), now)
 
 
 def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed: int) -> None:

@@ -28,7 +28,7 @@ from engramma.memory.store import Store, scalar
 from engramma.policies.schema import AnchorSettings, GateSettings
 from engramma.types import Item
 from engramma.updater import anchors, queue, registry
-from engramma.updater.activate import activate, settle_index  # noqa: F401  (settle_index: once here)
+from engramma.updater.activate import activate
 from engramma.updater import augment as augmentation
 from engramma.updater.dataset import Example, tokenize
 from engramma.updater.evaluate import GENERAL_TEXT, generate, pooled_perplexity, score_items, word_f1

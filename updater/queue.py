@@ -83,8 +83,10 @@ def queued_scopes(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> dict[i
                             [item_ids]).fetchall())
 
 
-def statuses(con: duckdb.DuckDBPyConnection, item_id: int) -> list[QueueStatus]:
-    return [QueueStatus(r[0]) for r in con.execute("SELECT status FROM queue WHERE item_id = ?", [item_id]).fetchall()]
+def status(con: duckdb.DuckDBPyConnection, item_id: int) -> QueueStatus | None:
+    """The item's queue status; None if it was never queued (or withdrawn when forgotten)."""
+    found = scalar(con, "SELECT status FROM queue WHERE item_id = ?", [item_id])
+    return QueueStatus(found) if found is not None else None
 
 
 def requeue_rejected(con: duckdb.DuckDBPyConnection, version: str) -> None:
