@@ -306,14 +306,12 @@ def policy_test(
     as_json: AsJson = False,
 ) -> None:
     """Dry run: route every item of FILE through POLICY in a scratch store; exit 1 on any expected_route mismatch."""
-    import tempfile
-
-    from engramma import Item, Memory
+    from engramma import Item
+    from engramma.dry_run import Case, dry_run
     from engramma.policies import load_policy
 
     load_policy(policy)
-    expected: list[tuple[int, str | None]] = []
-    items: list[Item] = []
+    cases: list[Case] = []
     for line_no, data, error in _jsonl(file):
         if error is not None:
             raise InvalidInput(f"{file}:{line_no}: {error}")
@@ -321,35 +319,22 @@ def policy_test(
             continue
         try:
             want = data.pop("expected_route", None) if isinstance(data, dict) else None
-            items.append(Item.from_dict(data))
+            cases.append(Case(Item.from_dict(data), want, line_no))
         except InvalidItem as e:
             raise InvalidInput(f"{file}:{line_no}: {e}") from None
-        if want is not None and want not in ("index", "train", "both", "drop"):
-            raise InvalidInput(f"{file}:{line_no}: expected_route {want!r} is not one of index, train, both, drop")
-        expected.append((line_no, want))
-    with tempfile.TemporaryDirectory(prefix="engramma-policy-test-") as scratch:
-        with Memory.open(Path(scratch) / "store", policy=policy) as mem:
-            records = [mem.observe(item) for item in items]  # one by one: each item sees those before it
-    routes: dict[str, int] = {}
-    rules: dict[str, int] = {}
-    mismatches = []
-    for (line_no, want), record in zip(expected, records):
-        routes[record.route] = routes.get(record.route, 0) + 1
-        rules[record.rule] = rules.get(record.rule, 0) + 1
-        if want is not None and want != record.route:
-            mismatches.append({"line": line_no, "expected": want, "got": record.route, "rule": record.rule,
-                               "text": record.item.text[:80]})
+    try:
+        run = dry_run(policy, cases)
+    except InvalidItem as e:
+        raise InvalidInput(f"{file}:{e}") from None
     if as_json:
-        print_json({"items": len(records), "routes": routes, "rules": rules, "mismatches": mismatches})
+        print_json(run.as_dict())
     else:
-        typer.echo(f"{len(records)} items: " + ", ".join(f"{r} {n}" for r, n in sorted(routes.items())))
-        typer.echo("by rule: " + ", ".join(f"{r} {n}" for r, n in sorted(rules.items(), key=lambda x: -x[1])))
-        for m in mismatches:
-            typer.echo(f"{file}:{m['line']}: expected {m['expected']}, got {m['got']} (rule {m['rule']}): {m['text']}",
-                       err=True)
-        checked = sum(want is not None for _, want in expected)
-        typer.echo(f"expected routes: {checked - len(mismatches)}/{checked} as expected")
-    if mismatches:
+        typer.echo(f"{run.items} items: " + ", ".join(f"{r} {n}" for r, n in run.routes.items()))
+        typer.echo("by rule: " + ", ".join(f"{r} {n}" for r, n in run.rules.items()))
+        for m in run.mismatches:
+            typer.echo(f"{file}:{m.label}: expected {m.expected}, got {m.got} (rule {m.rule}): {m.text}", err=True)
+        typer.echo(f"expected routes: {run.checked - len(run.mismatches)}/{run.checked} as expected")
+    if run.mismatches:
         raise typer.Exit(1)
 
 

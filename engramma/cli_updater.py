@@ -217,7 +217,7 @@ def adapters_merge(
     no_gate: Annotated[bool, typer.Option("--no-gate", help="Leave the merge a candidate.")] = False,
 ) -> None:
     """Merge adapter versions into a new candidate (peft add_weighted_adapter), then gate it like any other."""
-    from engramma.memory.memory import store_policy
+    from engramma.memory.policy_store import store_policy
     from engramma.updater import load_model
     from engramma.updater.gate import gate
     from engramma.updater.merge import merge

@@ -14,6 +14,17 @@ from typing import Any
 from engramma.errors import InvalidItem
 
 
+class Name(str, enum.Enum):
+    """A closed set of names that compare equal to, print as and serialise to their plain strings (as
+    `enum.StrEnum` does from Python 3.11)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 class Kind(str, enum.Enum):
     FACT = "fact"
     EVENT = "event"

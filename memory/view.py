@@ -21,6 +21,7 @@ import numpy as np
 
 from engramma.memory.atomic import atomic_write_bytes
 from engramma.memory.index import IVF_THRESHOLD, AutoIndex
+from engramma.memory.items import KeptItems, KeptRow
 from engramma.types import Item
 
 MAGIC = b"ENGRAMMA-INDEX\n"
@@ -108,6 +109,37 @@ class IndexView:
             if int(item_id) not in self.items and int(item_id) not in self.shadow_items:
                 self.valid_to.pop(int(item_id), None)
         return removed
+
+    def replace_items(self, kept: KeptItems) -> None:
+        """Hold these items (their vectors come separately: a checkpoint, or the stored ones)."""
+        self.items = kept.indexed
+        self.shadow_items = kept.shadow
+        self.valid_to = kept.valid_to
+
+    def clear_vectors(self) -> None:
+        self.indexes, self.shadow = {}, {}
+
+    def follow(self, touched: list[int], rows: list[KeptRow]) -> list[int]:
+        """Take in what later events did to the items they touched (`rows`: those of `touched` still kept).
+        Returns the ids of items new to their family, whose vectors the caller indexes (`index_vectors`)."""
+        indexed = {row.id: row.in_index for row in rows}
+        # Gone (forgotten), or moved between the recall index and the shadow (evicted, restored).
+        self.remove([i for i in touched if i not in indexed], shadow=None)
+        self.remove([i for i, in_index in indexed.items() if in_index], shadow=True)
+        self.remove([i for i, in_index in indexed.items() if not in_index], shadow=False)
+        for row in rows:  # a supersession changes an item's validity, not its vector
+            if row.valid_to is None:
+                self.valid_to.pop(row.id, None)
+            else:
+                self.valid_to[row.id] = row.valid_to
+        new = [row for row in rows if row.id not in (self.items if row.in_index else self.shadow_items)]
+        for row in new:
+            (self.items if row.in_index else self.shadow_items)[row.id] = row.item()
+        return [row.id for row in new]
+
+    def set_valid_to(self, until: dict[int, datetime]) -> None:
+        """Items that stop being current at a time: superseded by a newer value, or given a ttl."""
+        self.valid_to.update(until)
 
     def is_current(self, item_id: int, at: datetime) -> bool:
         """Not yet superseded by a newer value, nor expired, at time `at`."""

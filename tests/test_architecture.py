@@ -137,7 +137,12 @@ def test_a_damaged_active_pointer_is_an_error_that_names_the_file_and_the_fix(tm
     synced = engramma("adapters", "sync", store)
     assert synced.returncode == 0, synced.stderr
     assert "no adapter is active" in synced.stdout
-    assert read_active_pointer(store) == {} and json.loads(pointer.read_text()) == {}
+    assert read_active_pointer(store) == {} and json.loads(pointer.read_text()) == {"schema": 1, "active": {}}
+    pointer.write_text('{"schema": 99, "active": {}}')
+    with pytest.raises(AdapterError, match=r"schema 99.*engramma adapters sync"):
+        read_active_pointer(store)
+    pointer.write_text('{"global": {"version": "v1", "path": "adapters/v1"}}')  # written before the schema
+    assert read_active_pointer(store) == {"global": {"version": "v1", "path": "adapters/v1"}}
     assert_clean_error(engramma("adapters", "sync", tmp_path / "nowhere"), "no engramma store")
 
 
@@ -175,3 +180,46 @@ def test_writing_the_report_changes_no_matplotlib_setting(tmp_path, embedder):
     assert page.is_file() and list((tmp_path / "report").glob("*.png"))
     assert matplotlib.get_backend() == backend
     assert dict(matplotlib.rcParams) == before
+
+
+# -- typed artefacts ---------------------------------------------------------------------------------------------
+
+
+def test_the_report_has_a_look_for_every_check_the_gate_makes():
+    from engramma.updater.gate import CheckName, judge
+    from engramma.updater.report import CHECK_LOOKS
+    from engramma.policies import load_policy
+
+    assert set(CHECK_LOOKS) == set(CheckName)
+    # And judge names only those: every check it can make, on metrics that switch each one on.
+    metrics = {"new_items": 3, "new_probed": 3, "new_accuracy": 1.0, "parent_new_accuracy": 0.0,
+               "base_new_accuracy": 0.0, "new_heldout": 3, "new_heldout_accuracy": 1.0,
+               "base_new_heldout_accuracy": 0.0, "new_unprobed": 1, "new_logprob": -1.0, "parent_new_logprob": -2.0,
+               "earlier_probed": 2, "parent_retention": 1.0, "retention": 1.0, "earlier_heldout": 2,
+               "parent_retention_heldout": 1.0, "retention_heldout": 1.0, "earlier_unprobed": 2,
+               "retention_logprob": -1.0, "parent_retention_logprob": -1.0, "perplexity": 10.0,
+               "parent_perplexity": 10.0, "general_prompts": 4, "general_agreement": 1.0}
+    made = judge(metrics, load_policy("preset:default").spec.gate, tainted=True)
+    assert {c.name for c in made} <= set(CheckName) and {c.name for c in made} == set(CheckName)
+    assert {str(c.name) for c in made} >= {"items", "untainted"}, "names print as their plain strings"
+
+
+# -- size -------------------------------------------------------------------------------------------------------
+
+MAX_LINES, MAX_METHODS = 600, 20
+
+
+def test_no_module_is_too_long_and_no_class_has_too_many_methods():
+    """A newcomer can read any module at a sitting and hold any class's surface in mind."""
+    long, wide = [], []
+    for folder in PACKAGES:
+        for path in (ROOT / folder).rglob("*.py"):
+            source = path.read_text()
+            if source.count("\n") > MAX_LINES:
+                long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ClassDef):
+                    methods = sum(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) for b in node.body)
+                    if methods > MAX_METHODS:
+                        wide.append(f"{path.relative_to(ROOT)}: {node.name} has {methods} methods")
+    assert long == [] and wide == [], long + wide

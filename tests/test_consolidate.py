@@ -163,4 +163,4 @@ def test_hot_swap_follows_promotions_without_a_restart(tmp_path, embedder, tiny)
     assert running.refresh() is True and running.versions == {"global": "v2"}
     assert probe_accuracy(running.model, running.lm.tokenizer, b) >= 0.9
     pointer = json.loads((store / "adapters" / "active.json").read_text())
-    assert pointer["global"]["version"] == "v2"
+    assert pointer["schema"] == 1 and pointer["active"]["global"]["version"] == "v2"

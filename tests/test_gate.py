@@ -217,7 +217,7 @@ def test_forget_then_retrain_leaves_no_active_adapter_with_the_item(tmp_path, em
         mem.forget(secret)
     assert rows(store, "SELECT version, status, tainted FROM adapters") == [("v1", "retired", True)], \
         "rolled back at once: v1 saw the item"
-    assert json.loads((store / "adapters" / "active.json").read_text()) == {}
+    assert json.loads((store / "adapters" / "active.json").read_text()) == {"schema": 1, "active": {}}
     assert rows(store, "SELECT train_scope, from_version FROM retrain_requests") == [("global", None)]
 
     [rebuilt] = consolidate(store, model=tiny, progress=False)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engramma import Item, Memory, Probe
+from engramma import InvalidItem, Item, Memory, Probe
 from engramma.policies import load_policy
 
 T0 = datetime(2026, 3, 1, 9, tzinfo=timezone.utc)
@@ -71,7 +71,7 @@ def test_supersession_is_seen_by_another_process_view(open_store, tmp_path):
     mem.observe(Item(text="The office is in Lyon.", key="office", ts=T0))
     code = """
 import sys; from datetime import datetime, timezone
-from engramma import Item, Memory, Probe
+from engramma import InvalidItem, Item, Memory, Probe
 with Memory.open(sys.argv[1]) as m:
     m.observe(Item(text="The office is in Grenoble.", key="office", ts=datetime(2026, 3, 9, tzinfo=timezone.utc)))
 """
@@ -225,12 +225,27 @@ def test_policy_test_cli_exit_status(tmp_path):
     by_rule = dict(part.rsplit(" ", 1) for part in ok.stdout.split("by rule: ")[1].splitlines()[0].split(", "))
     assert by_rule == {"secrets": "1", "trusted-corrections-and-preferences": "1", "default": "1"}
     as_json = json.loads(run("preset:default", items, "--json").stdout)
-    assert as_json == {"items": 3, "routes": {"both": 1, "drop": 1, "index": 1}, "mismatches": [],
+    assert as_json == {"items": 3, "checked": 2, "routes": {"both": 1, "drop": 1, "index": 1}, "mismatches": [],
                        "rules": {"secrets": 1, "trusted-corrections-and-preferences": 1, "default": 1}}
     items.write_text(items.read_text().replace('"expected_route": "both"', '"expected_route": "train"'))
     bad = run("preset:default", items)
     assert bad.returncode == 1
     assert f"{items}:2: expected train, got both (rule trusted-corrections-and-preferences)" in bad.stderr
+
+
+
+def test_a_dry_run_is_a_library_call_that_sees_each_item_after_the_ones_before():
+    from engramma.dry_run import Case, dry_run
+
+    said = "Refunds are accepted within 30 days of delivery."
+    run = dry_run("preset:default", [Case(Item(text=said), "index", 1), Case(Item(text=said), "both", 2),
+                                     Case(Item(text="The office is in Lyon."), label=3)])
+    assert (run.items, run.checked) == (3, 2)
+    assert [(m.label, m.expected, m.got) for m in run.mismatches] == [(2, "both", "drop")], \
+        "the second time it is a duplicate of the first, and the policy drops it"
+    assert run.routes == {"drop": 1, "index": 2} and sum(run.rules.values()) == 3
+    with pytest.raises(InvalidItem, match="7: expected_route 'maybe' is not one of index, train, both, drop"):
+        dry_run("preset:default", [Case(Item(text=said), "maybe", 7)])
 
 
 texts = st.sampled_from([

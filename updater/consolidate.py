@@ -23,28 +23,36 @@ from pathlib import Path
 import numpy as np
 
 from engramma.errors import EngrammaError, InvalidInput
-from engramma.memory.memory import ITEM_COLUMNS, item_from_row, store_policy
+from engramma.memory.policy_store import store_policy
 from engramma.memory import items as item_rows
-from engramma.memory.store import Store, open_existing, scalar
-from engramma.types import Item, check_scope
+from engramma.memory.store import ITEM_COLUMNS, Store, item_from_row, open_existing, scalar
+from engramma.types import Item, Name, check_scope
 from engramma.policies import Policy
 from engramma.policies.schema import ConsolidationSettings
 from engramma.updater import anchors, mix, registry
 from engramma.updater import augment as augmentation
 from engramma.updater import queue as jobs
-from engramma.updater.dataset import TokenizedExample, example_for, tokenize
+from engramma.updater.dataset import ExampleRole, TokenizedExample, example_for, tokenize
 from engramma.updater.gate import GateReport, gate as run_gate
 from engramma.updater.model import LanguageModel, load_model
+from engramma.updater.plan import ConsolidationPlan
+from engramma.updater.registry import AdapterConfig
 from engramma.updater.replay import ReplayRequest, select_replay
 from engramma.updater.train import BudgetExceeded, TrainReport, interference, make_accelerator, train_adapter
 
 GLOBAL = "global"
 
 
+class ResultStatus(Name):
+    TRAINED = "trained"  # a new version (then promoted, rejected or left a candidate: see `gate`)
+    SKIPPED = "skipped"  # nothing to train, or nothing to learn from (see `note`)
+    STOPPED = "stopped"  # stopped between two steps by request; its items went back to the queue
+
+
 @dataclass(frozen=True, slots=True)
 class ConsolidationResult:
     train_scope: str
-    status: str  # trained (then promoted, rejected or left a candidate: see `gate`) | skipped
+    status: ResultStatus
     job_id: str | None
     version: str | None = None
     parent: str | None = None
@@ -150,8 +158,8 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
                    config={"policy": policy.content_hash})
         new_ids = jobs.claim(con, job, limit=max_items, lease_seconds=lease_seconds, now=now)
         if len(new_ids) < settings.min_items:
-            jobs.release(con, job, status="skipped", error=None, now=now)
-            return ConsolidationResult(job.train_scope, "skipped", job.job_id,
+            jobs.release(con, job, status=jobs.JobStatus.SKIPPED, error=None, now=now)
+            return ConsolidationResult(job.train_scope, ResultStatus.SKIPPED, job.job_id,
                                        note=f"{len(new_ids)} item(s) waiting, the policy asks for {settings.min_items}")
         new_items = _items(con, new_ids)
         chain = registry.ancestors(con, parent.version if parent else None)
@@ -176,7 +184,7 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
                     reservoir, parent, stacked, pairs)
     except BaseException as e:
         with store.transaction() as con:
-            jobs.release(con, job, status="failed", error=f"{type(e).__name__}: {e}", now=_now())
+            jobs.release(con, job, status=jobs.JobStatus.FAILED, error=f"{type(e).__name__}: {e}", now=_now())
         shutil.rmtree(job.folder, ignore_errors=True)
         raise
     return None
@@ -192,14 +200,15 @@ def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: Cons
     rng = random.Random(f"{settings.training.seed}:{job.train_scope}:{','.join(map(str, new_ids))}")
     lines = [mix.line(item) for item in [*new_items.values(), *pool_items.values()]]
 
-    def examples_of(ids: list[int], items: dict[int, Item], role: str) -> list[TokenizedExample]:
+    def examples_of(ids: list[int], items: dict[int, Item], role: ExampleRole) -> list[TokenizedExample]:
         return [tokenize(e, lm.tokenizer, max_length) for i in ids
                 for e in mix.item_examples(i, items[i], pairs.get(i), role, settings, rng, lines)]
 
-    new_examples = examples_of(new_ids, new_items, "new")
+    new_examples = examples_of(new_ids, new_items, ExampleRole.NEW)
 
     def measured(candidate_ids: list[int]) -> dict[int, float]:
-        candidates = [tokenize(example_for(i, pool_items[i], "replay"), lm.tokenizer, max_length) for i in candidate_ids]
+        candidates = [tokenize(example_for(i, pool_items[i], ExampleRole.REPLAY), lm.tokenizer, max_length)
+                      for i in candidate_ids]
         rises = interference(lm, settings, parent=parent.path if parent else None,
                              stacked=stacked.path if stacked else None, new=new_examples, candidates=candidates)
         return dict(zip(candidate_ids, rises))
@@ -209,7 +218,7 @@ def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: Cons
         new_ids=new_ids, new_vectors=new_vectors, pool_ids=pool, pool_vectors=pool_vectors, reservoir_ids=reservoir,
         budget=budget, neighbours=settings.neighbours, reservoir_fraction=settings.reservoir_fraction,
         seed=settings.training.seed, interference=measured))
-    examples = new_examples + examples_of(replay_ids, pool_items, "replay")
+    examples = new_examples + examples_of(replay_ids, pool_items, ExampleRole.REPLAY)
     examples += [tokenize(e, lm.tokenizer, max_length) for e in mix.decline_examples(
         new_items, pairs, settings.augment.decline_share, rng, lines, count=settings.augment.distractors)]
     anchor = settings.anchors
@@ -221,32 +230,30 @@ def _write_plan(job: jobs.Job, lm: LanguageModel, policy: Policy, settings: Cons
     job.folder.mkdir(parents=True, exist_ok=True)
     (job.folder / "examples.json").write_text(json.dumps(
         [{"item_id": e.item_id, "role": e.role, "input_ids": e.input_ids, "labels": e.labels} for e in examples]))
-    (job.folder / "plan.json").write_text(json.dumps({
-        "job_id": job.job_id, "train_scope": job.train_scope, "new": new_ids, "replay": replay_ids,
-        "parent": parent.version if parent else None, "parent_path": str(parent.path) if parent else None,
-        "stacked": stacked.version if stacked else None, "stacked_path": str(stacked.path) if stacked else None,
-        "base_model": lm.model_id, "policy_hash": policy.content_hash, "settings": settings.model_dump(mode="json"),
-        "replay_strategy": settings.replay, "pool_size": len(pool),
-        "examples": {role: sum(e.role == role for e in examples)
-                     for role in ("new", "replay", "decline", "anchor")}}, indent=1))
+    ConsolidationPlan(
+        job.job_id, job.train_scope, new_ids, replay_ids, parent.version if parent else None,
+        str(parent.path) if parent else None, stacked.version if stacked else None,
+        str(stacked.path) if stacked else None, lm.model_id, policy.content_hash, settings.model_dump(mode="json"),
+        settings.replay, len(pool), {role.value: sum(e.role == role for e in examples) for role in ExampleRole},
+    ).write(job.folder)
 
 
-def _load_plan(folder: Path) -> tuple[dict, list[TokenizedExample]]:
-    plan = json.loads((folder / "plan.json").read_text())
-    examples = [TokenizedExample(e["item_id"], e["role"], tuple(e["input_ids"]), tuple(e["labels"]))
+def _load_plan(folder: Path) -> tuple[ConsolidationPlan, list[TokenizedExample]]:
+    plan = ConsolidationPlan.read(folder)
+    examples = [TokenizedExample(e["item_id"], ExampleRole(e["role"]), tuple(e["input_ids"]), tuple(e["labels"]))
                 for e in json.loads((folder / "examples.json").read_text())]
     return plan, examples
 
 
-def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, trained: Path, base_hash: str,
-            settings: ConsolidationSettings) -> ConsolidationResult:
+def _record(store: Store, job: jobs.Job, plan: ConsolidationPlan, report: TrainReport, trained: Path,
+            base_hash: str, settings: ConsolidationSettings) -> ConsolidationResult:
     """One transaction: the adapter folder renamed into place, its registry row and lineage, the queue rows
     done, the reservoir updated, the job finished."""
     now = _now()
     with store.transaction() as con:
-        held = jobs.held_by(con, job, plan["new"])
-        if held < len(plan["new"]):  # INVARIANT: two jobs never record the same item as new
-            raise LeaseLost(f"job {job.job_id} holds {held} of its {len(plan['new'])} items: its lease ran out "
+        held = jobs.held_by(con, job, plan.new)
+        if held < len(plan.new):  # INVARIANT: two jobs never record the same item as new
+            raise LeaseLost(f"job {job.job_id} holds {held} of its {len(plan.new)} items: its lease ran out "
                             "and another job claimed the rest; nothing recorded")
         version = registry.next_version(con)
         final = store.folder / "adapters" / version
@@ -256,17 +263,16 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
         try:
             forgotten = [r[0] for r in con.execute(
                 "SELECT id FROM items WHERE id IN (SELECT unnest(?)) AND status != 'kept'",
-                [plan["new"] + plan["replay"] or [-1]]).fetchall()]
-            lineage = {**{i: "replay" for i in plan["replay"]}, **{i: "new" for i in plan["new"]}}
-            registry.add(con, version=version, parent=plan["parent"], train_scope=plan["train_scope"],
-                         path=f"adapters/{version}", base_model=plan["base_model"], base_model_hash=base_hash,
-                         policy_hash=plan["policy_hash"], config={
-                             "settings": plan["settings"], "replay_strategy": plan["replay_strategy"],
-                             "stacked_on": plan["stacked"], "job_id": job.job_id, "pool_size": plan["pool_size"],
-                             "examples": plan.get("examples"), "padding_waste": report.padding_waste,
-                             "final_loss": report.losses[-1],
-                             "resumed_from_epoch": report.resumed_from_epoch, "processes": report.processes},
-                         items_new=len(plan["new"]), items_replayed=len(plan["replay"]), tokens=report.tokens,
+                [plan.new + plan.replay or [-1]]).fetchall()]
+            lineage = {**{i: "replay" for i in plan.replay}, **{i: "new" for i in plan.new}}
+            registry.add(con, version=version, parent=plan.parent, train_scope=plan.train_scope,
+                         path=f"adapters/{version}", base_model=plan.base_model, base_model_hash=base_hash,
+                         policy_hash=plan.policy_hash, config=AdapterConfig(
+                             settings=plan.settings, replay_strategy=plan.replay_strategy, stacked_on=plan.stacked,
+                             job_id=job.job_id, pool_size=plan.pool_size, examples=plan.examples,
+                             padding_waste=report.padding_waste, final_loss=report.losses[-1],
+                             resumed_from_epoch=report.resumed_from_epoch, processes=report.processes),
+                         items_new=len(plan.new), items_replayed=len(plan.replay), tokens=report.tokens,
                          steps=report.steps, wall_s=report.wall_s, tokens_per_s=report.tokens_per_s,
                          peak_mem_mb=report.peak_mem_mb, now=now, lineage=lineage,
                          note=f"items forgotten while it trained: {forgotten}" if forgotten else None)
@@ -274,14 +280,15 @@ def _record(store: Store, job: jobs.Job, plan: dict, report: TrainReport, traine
                 registry.taint(con, [version], "saw items forgotten while it trained")
             jobs.finish(con, job, version=version, now=now)
             registry.set_job(con, version, job.job_id)
-            update_reservoir(con, plan["train_scope"], [i for i in plan["new"] if i not in forgotten],
+            update_reservoir(con, plan.train_scope, [i for i in plan.new if i not in forgotten],
                              settings.reservoir_size, settings.training.seed)
         except BaseException:
             os.replace(final, trained)  # the transaction rolls back: leave no folder without a row
             raise
     shutil.rmtree(job.folder, ignore_errors=True)  # it holds the items' tokens: keep no copy once recorded
-    return ConsolidationResult(plan["train_scope"], "trained", job.job_id, version, plan["parent"], len(plan["new"]),
-                               len(plan["replay"]), report)
+    return ConsolidationResult(plan.train_scope, ResultStatus.TRAINED, job.job_id, version, plan.parent,
+                               len(plan.new),
+                               len(plan.replay), report)
 
 
 def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | None = None,
@@ -351,14 +358,15 @@ def consolidate(store_path: str | os.PathLike, *, model: LanguageModel | str | N
             broadcast_object_list(planned_holder)
         for job_folder in planned_holder[0]:
             plan, examples = _load_plan(Path(job_folder))
-            lm = lm or _language_model(model, plan["base_model"])
-            job = jobs.Job(plan["job_id"], plan["train_scope"], Path(job_folder), jobs.owner())
+            lm = lm or _language_model(model, plan.base_model)
+            job = jobs.Job(plan.job_id, plan.train_scope, Path(job_folder), jobs.owner())
             try:
                 result = _train_job(store, job, plan, examples, lm, resume=resume, progress=progress,
                                     lease_seconds=lease_seconds, accelerator=accelerator, deadline=deadline)
             except BudgetExceeded as e:  # the job released its items; scopes after it wait for the next run
-                results.append(ConsolidationResult(job.train_scope, "stopped", job.job_id, items_new=len(plan["new"]),
-                                                   note=f"{e}; its {len(plan['new'])} items are queued again"))
+                results.append(ConsolidationResult(job.train_scope, ResultStatus.STOPPED, job.job_id,
+                                                   items_new=len(plan.new),
+                                                   note=f"{e}; its {len(plan.new)} items are queued again"))
                 for later in planned_holder[0][planned_holder[0].index(job_folder) + 1:]:
                     _release_planned(store, Path(later), "the run's wall-clock budget ran out before it")
                 break
@@ -380,31 +388,32 @@ def _release_planned(store: Store | None, job_folder: Path, why: str) -> None:
     """A planned job that will not train now: its claimed items go back to the queue."""
     if store is None:
         return
-    plan = json.loads((job_folder / "plan.json").read_text())
-    job = jobs.Job(plan["job_id"], plan["train_scope"], job_folder, jobs.owner())
+    plan = ConsolidationPlan.read(job_folder)
+    job = jobs.Job(plan.job_id, plan.train_scope, job_folder, jobs.owner())
     with store.transaction() as con:
-        jobs.release(con, job, status="skipped", error=why, now=_now())
+        jobs.release(con, job, status=jobs.JobStatus.SKIPPED, error=why, now=_now())
     shutil.rmtree(job_folder, ignore_errors=True)
 
 
-def _train_job(store: Store | None, job: jobs.Job, plan: dict, examples: list[TokenizedExample], lm: LanguageModel,
-               *, resume: bool, progress: bool, lease_seconds: float, accelerator,
+def _train_job(store: Store | None, job: jobs.Job, plan: ConsolidationPlan, examples: list[TokenizedExample],
+               lm: LanguageModel, *, resume: bool, progress: bool, lease_seconds: float, accelerator,
                deadline: float | None = None) -> ConsolidationResult:
-    settings = ConsolidationSettings.model_validate(plan["settings"])
+    settings = ConsolidationSettings.model_validate(plan.settings)
     trained = job.folder / "adapter"
     try:
         report = train_adapter(
-            lm, examples, settings, trained, parent=Path(plan["parent_path"]) if plan["parent_path"] else None,
-            stacked=Path(plan["stacked_path"]) if plan["stacked_path"] else None, checkpoints=job.folder / "checkpoints",
+            lm, examples, settings, trained, parent=Path(plan.parent_path) if plan.parent_path else None,
+            stacked=Path(plan.stacked_path) if plan.stacked_path else None, checkpoints=job.folder / "checkpoints",
             resume=resume, progress=progress, accelerator=accelerator, deadline=deadline,
-            heartbeat=_Heartbeat(store, job, lease_seconds, len(plan["new"])) if store is not None else None)
+            heartbeat=_Heartbeat(store, job, lease_seconds, len(plan.new)) if store is not None else None)
         if store is None:
-            return ConsolidationResult(job.train_scope, "trained", job.job_id)
+            return ConsolidationResult(job.train_scope, ResultStatus.TRAINED, job.job_id)
         return _record(store, job, plan, report, trained, lm.fingerprint, settings)
     except BaseException as e:
         if store is not None:
             with store.transaction() as con:
-                jobs.release(con, job, status="failed", error=f"{type(e).__name__}: {e}", now=_now())
+                jobs.release(con, job, status=jobs.JobStatus.FAILED, error=f"{type(e).__name__}: {e}",
+                             now=_now())
             shutil.rmtree(job.folder, ignore_errors=True)
         raise
 

@@ -10,9 +10,16 @@ from typing import Callable
 
 import numpy as np
 
-from engramma.types import Item, Kind
+from engramma.types import Item, Kind, Name
 
 IGNORE = -100  # label of a token that carries no loss (prompt, padding)
+
+
+class ExampleRole(Name):
+    NEW = "new"  # an item of the round
+    REPLAY = "replay"  # an earlier item, replayed so that it is not forgotten
+    DECLINE = "decline"  # a question no memory answers, with the agent's decline
+    ANCHOR = "anchor"  # a general prompt with the base model's own answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +29,7 @@ class Example:
     to stop after it (a truncated answer is learned without the end-of-turn token)."""
 
     item_id: int
-    role: str  # new | replay | anchor
+    role: ExampleRole
     prompt: str | None
     completion: str
     system: str | None = None
@@ -76,7 +83,7 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def example_for(item_id: int, item: Item, role: str) -> Example:
+def example_for(item_id: int, item: Item, role: ExampleRole) -> Example:
     """A demonstration is its own pair; a probe's question is answered with the item's text (or the probe's
     answer when the text does not contain it); otherwise the template of the item's kind. Questions are asked
     under the agent's system message."""
@@ -97,7 +104,7 @@ def example_for(item_id: int, item: Item, role: str) -> Example:
 @dataclass(frozen=True, slots=True)
 class TokenizedExample:
     item_id: int
-    role: str
+    role: ExampleRole
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]  # IGNORE on the prompt
 

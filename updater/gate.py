@@ -23,14 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engramma.errors import EngrammaError
-from engramma.memory.memory import ITEM_COLUMNS, item_from_row, naive_utc, store_policy
-from engramma.memory.store import Store, scalar
+from engramma.memory.policy_store import store_policy
+from engramma.memory.store import ITEM_COLUMNS, Store, item_from_row, naive_utc, scalar
 from engramma.policies.schema import AnchorSettings, GateSettings
-from engramma.types import Item
+from engramma.types import Item, Name
 from engramma.updater import anchors, queue, registry
 from engramma.updater.activate import activate
 from engramma.updater import augment as augmentation
-from engramma.updater.dataset import Example, tokenize
+from engramma.updater.dataset import Example, ExampleRole, tokenize
 from engramma.updater.evaluate import GENERAL_TEXT, generate, pooled_perplexity, score_items, word_f1
 from engramma.updater.layout import system_message
 from engramma.updater.model import LanguageModel
@@ -41,9 +41,30 @@ class GateError(EngrammaError):
     """The gate could not evaluate a candidate (a missing file it was told to read, an unknown version)."""
 
 
+class CheckName(Name):
+    """The gate's checks (`judge`); the report has a look for each."""
+
+    ITEMS = "items"
+    NEW_ACCURACY = "new_accuracy"
+    NEW_HELDOUT_ACCURACY = "new_heldout_accuracy"
+    NEW_LIKELIHOOD = "new_likelihood"
+    RETENTION_DROP = "retention_drop"
+    RETENTION_HELDOUT_DROP = "retention_heldout_drop"
+    RETENTION_PERPLEXITY_INCREASE = "retention_perplexity_increase"
+    PERPLEXITY_INCREASE = "perplexity_increase"
+    GENERAL_AGREEMENT = "general_agreement"
+    UNTAINTED = "untainted"
+
+
+class GateDecision(Name):
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    CANDIDATE = "candidate"  # passed, and the policy leaves promotion to a person
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    name: str
+    name: CheckName
     value: float | None
     threshold: float
     passed: bool
@@ -54,7 +75,7 @@ class Check:
 class GateReport:
     version: str
     passed: bool
-    decision: str  # promoted | rejected | candidate (the policy promotes by hand)
+    decision: GateDecision
     checks: tuple[Check, ...]
     metrics: dict
 
@@ -71,56 +92,57 @@ def judge(metrics: dict, settings: GateSettings, *, tainted: bool = False) -> tu
     # A merge learned its items in other rounds; it is judged on how many it brings, new to its chain or not.
     merged = metrics.get("merged_items", 0)
     count, what = (merged, "merged") if merged else (metrics["new_items"], "new")
-    checks = [Check("items", count, settings.min_items, count >= settings.min_items,
+    checks = [Check(CheckName.ITEMS, count, settings.min_items, count >= settings.min_items,
                     f"{count} {what} item(s), at least {settings.min_items} needed")]
     if metrics["new_probed"]:
         acc = metrics["new_accuracy"]
-        checks.append(Check("new_accuracy", acc, settings.min_new_accuracy, acc >= settings.min_new_accuracy,
+        checks.append(Check(CheckName.NEW_ACCURACY, acc, settings.min_new_accuracy, acc >= settings.min_new_accuracy,
                             f"answers {acc:.0%} of the {metrics['new_probed']} new probes "
                             f"(parent {metrics['parent_new_accuracy']:.0%}, base {metrics['base_new_accuracy']:.0%})"))
     if metrics.get("new_heldout"):  # wordings never trained on: knowledge rather than memorised text
         acc = metrics["new_heldout_accuracy"]
-        checks.append(Check("new_heldout_accuracy", acc, settings.min_heldout_accuracy,
+        checks.append(Check(CheckName.NEW_HELDOUT_ACCURACY, acc, settings.min_heldout_accuracy,
                             acc >= settings.min_heldout_accuracy,
                             f"answers {acc:.0%} of the {metrics['new_heldout']} new items' held-out questions "
                             f"(base {metrics['base_new_heldout_accuracy']:.0%})"))
     if metrics.get("new_unprobed"):  # no probes: the new completions must at least have become likelier
         gain = metrics["new_logprob"] - metrics["parent_new_logprob"]
-        checks.append(Check("new_likelihood", gain, 0.0, gain > 0,
+        checks.append(Check(CheckName.NEW_LIKELIHOOD, gain, 0.0, gain > 0,
                             f"mean log-probability of the {metrics['new_unprobed']} unprobed new completions "
                             f"rose by {gain:.3f} over the parent"))
     if metrics["earlier_probed"]:
         drop = metrics["parent_retention"] - metrics["retention"]
         base = metrics.get("base_retention")
-        checks.append(Check("retention_drop", drop, settings.max_retention_drop, drop <= settings.max_retention_drop,
+        checks.append(Check(CheckName.RETENTION_DROP, drop, settings.max_retention_drop,
+                            drop <= settings.max_retention_drop,
                             f"earlier rounds: {metrics['retention']:.0%} vs the parent's "
                             f"{metrics['parent_retention']:.0%} on {metrics['earlier_probed']} probes"
                             + (f" (base {base:.0%})" if base is not None else "")))
     if metrics.get("earlier_heldout"):
         drop = metrics["parent_retention_heldout"] - metrics["retention_heldout"]
-        checks.append(Check("retention_heldout_drop", drop, settings.max_retention_drop,
+        checks.append(Check(CheckName.RETENTION_HELDOUT_DROP, drop, settings.max_retention_drop,
                             drop <= settings.max_retention_drop,
                             f"earlier rounds' held-out questions: {metrics['retention_heldout']:.0%} vs the "
                             f"parent's {metrics['parent_retention_heldout']:.0%} on {metrics['earlier_heldout']}"))
     if metrics.get("earlier_unprobed"):  # earlier items without a probe: their completions must stay likely
         rise = math.exp(metrics["parent_retention_logprob"] - metrics["retention_logprob"]) - 1
         limit = settings.max_retention_perplexity_increase
-        checks.append(Check("retention_perplexity_increase", rise, limit, rise <= limit,
+        checks.append(Check(CheckName.RETENTION_PERPLEXITY_INCREASE, rise, limit, rise <= limit,
                             f"earlier rounds' {metrics['earlier_unprobed']} unprobed completions: perplexity "
                             f"{rise:+.1%} vs the parent"))
     rise = metrics["perplexity"] / metrics["parent_perplexity"] - 1
-    checks.append(Check("perplexity_increase", rise, settings.max_perplexity_increase,
+    checks.append(Check(CheckName.PERPLEXITY_INCREASE, rise, settings.max_perplexity_increase,
                         rise <= settings.max_perplexity_increase,
                         f"general perplexity {metrics['perplexity']:.2f} vs the parent's "
                         f"{metrics['parent_perplexity']:.2f} ({rise:+.1%})"))
     if metrics.get("general_agreement") is not None:
         agreement = metrics["general_agreement"]
-        checks.append(Check("general_agreement", agreement, settings.min_general_agreement,
+        checks.append(Check(CheckName.GENERAL_AGREEMENT, agreement, settings.min_general_agreement,
                             agreement >= settings.min_general_agreement,
                             f"answers to {metrics['general_prompts']} held-out general prompts agree with the base "
                             f"model's at word F1 {agreement:.2f}"))
     if tainted:
-        checks.append(Check("untainted", 1.0, 0.0, False, "trained on items that were forgotten since"))
+        checks.append(Check(CheckName.UNTAINTED, 1.0, 0.0, False, "trained on items that were forgotten since"))
     return tuple(checks)
 
 
@@ -207,7 +229,7 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
     with store.transaction() as con:
         candidate = registry.get(con, folder, version)
         parent = registry.get(con, folder, candidate.parent) if candidate.parent else None
-        stacked_on = candidate.config.get("stacked_on")
+        stacked_on = candidate.config.stacked_on
         stacked = registry.get(con, folder, stacked_on) if stacked_on else None
         chain = list(reversed(registry.ancestors(con, version)))  # oldest first, the candidate last
         # item -> the earliest round of the chain that learned it (as new, or through a merge: a merge's own
@@ -248,8 +270,9 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
     if anchor_settings is not None and anchor_settings.heldout:
         _, prompts = anchors.split(anchors.load_prompts(anchor_settings.prompts), anchor_settings.heldout)
         base_answers = anchors.answers(lm, prompts, max_new_tokens=anchor_settings.max_new_tokens)
-        general_examples += [tokenize(Example(-1 - n, "anchor", p, base_answers[p][0], system=system_message(),
-                                              ends=base_answers[p][1]), lm.tokenizer, max_length)
+        general_examples += [tokenize(Example(-1 - n, ExampleRole.ANCHOR, p, base_answers[p][0],
+                                              system=system_message(), ends=base_answers[p][1]),
+                                      lm.tokenizer, max_length)
                              for n, p in enumerate(prompts) if base_answers[p][0]]
 
     models = Models(lm, candidate, parent, stacked)
@@ -370,12 +393,12 @@ def gate(store: Store, lm: LanguageModel, version: str) -> GateReport:
             failing = "; ".join(c.detail for c in checks if not c.passed)
             registry.set_status(con, version, AdapterStatus.REJECTED, now, note=f"gate: {failing}")
             requeue_rejected(con, version)
-            decision = "rejected"
+            decision = GateDecision.REJECTED
         elif settings.promote == "auto":
             activate(con, store.folder, candidate.train_scope, version, now, note="gate: passed")
-            decision = "promoted"
+            decision = GateDecision.PROMOTED
         else:
-            decision = "candidate"
+            decision = GateDecision.CANDIDATE
     return GateReport(version, passed, decision, checks, record)
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from engramma.memory.store import Store
 from engramma.updater import registry
 from engramma.updater.model import LanguageModel
-from engramma.updater.registry import AdapterError
+from engramma.updater.registry import AdapterConfig, AdapterError
 
 METHODS = ("ties", "dare_ties", "linear", "svd")
 
@@ -54,7 +54,7 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
         parent = registry.active(con, folder, scope)
         lineage = dict(con.execute("SELECT item_id, 'merged' FROM lineage WHERE adapter_version IN (SELECT unnest(?)) "
                                    "GROUP BY item_id", [versions]).fetchall())
-        stacked = {s.config.get("stacked_on") for s in sources}
+        stacked = {s.config.stacked_on for s in sources}
 
     from peft import PeftModel
 
@@ -86,9 +86,9 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
             registry.add(con, version=version, parent=parent.version if parent else None, train_scope=scope,
                          path=f"adapters/{version}", base_model=sources[0].base_model,
                          base_model_hash=sources[0].base_model_hash, policy_hash=sources[0].policy_hash,
-                         config={"merged_from": versions, "method": method, "weights": weights,
-                                 "density": extra.get("density"),
-                                 "stacked_on": stacked.pop() if len(stacked) == 1 else None},
+                         config=AdapterConfig(merged_from=versions, method=method, weights=weights,
+                                              density=extra.get("density"),
+                                              stacked_on=stacked.pop() if len(stacked) == 1 else None),
                          items_new=0, items_replayed=0, tokens=0, steps=0, wall_s=0.0, tokens_per_s=0.0,
                          peak_mem_mb=0.0, now=now, lineage=lineage, note=f"merge of {', '.join(versions)} ({method})")
         except BaseException:

@@ -11,7 +11,7 @@ import random
 from engramma.types import Item
 from engramma.policies.schema import ConsolidationSettings
 from engramma.updater.augment import STATEMENT, Pair, template_pairs
-from engramma.updater.dataset import Example, normalise
+from engramma.updater.dataset import Example, ExampleRole, normalise
 from engramma.updater.layout import DECLINE, context_block, memory_line, system_message
 
 
@@ -27,14 +27,14 @@ def _completion(item: Item, pair: Pair) -> str:
     return item.text if normalise(pair.answer) in normalise(item.text) else pair.answer
 
 
-def item_examples(item_id: int, item: Item, pairs: list[Pair] | None, role: str, settings: ConsolidationSettings,
-                  rng: random.Random, others: list[str]) -> list[Example]:
+def item_examples(item_id: int, item: Item, pairs: list[Pair] | None, role: ExampleRole,
+                  settings: ConsolidationSettings, rng: random.Random, others: list[str]) -> list[Example]:
     """The examples of one item. New: every pair not held out. Replayed: its statement and up to
     `augment.replay_pairs` of its trained questions. `others`: recalled lines to draw distractors from."""
     augment = settings.augment
     pairs = pairs or template_pairs(item)
     trained = [p for p in pairs if not p.heldout]
-    if role != "new":
+    if role != ExampleRole.NEW:
         questions = [p for p in trained if p.question is not None]
         trained = [p for p in trained if p.question is None] + questions[:augment.replay_pairs]
     out = []
@@ -83,7 +83,7 @@ def decline_examples(items: dict[int, Item], pairs: dict[int, list[Pair]], share
         if (question := unknown_entity(rng.choice(questions), rng)) is None:
             continue
         context = context_block(distractors(others, count, rng, line(item)) if rng.random() < 0.5 else [])
-        out.append(Example(item_id, "decline", question, DECLINE, system=system_message(context)))
+        out.append(Example(item_id, ExampleRole.DECLINE, question, DECLINE, system=system_message(context)))
     return out
 
 
@@ -97,5 +97,5 @@ def draw(prompts: list[str], count: int, rng: random.Random) -> list[str]:
 def anchor_examples(answers: dict[str, tuple[str, bool]], drawn: list[str]) -> list[Example]:
     """The anchors of `drawn` prompts, each the base model's own answer in the agent's layout. Their example
     ids are negative: they belong to no item."""
-    return [Example(-1 - n, "anchor", p, answers[p][0], system=system_message(), ends=answers[p][1])
+    return [Example(-1 - n, ExampleRole.ANCHOR, p, answers[p][0], system=system_message(), ends=answers[p][1])
             for n, p in enumerate(drawn) if answers[p][0]]

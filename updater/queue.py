@@ -9,7 +9,6 @@ deleted by consolidation; forgetting withdraws pending ones.
 """
 from __future__ import annotations
 
-import enum
 import json
 import os
 import socket
@@ -22,17 +21,27 @@ import duckdb
 import pyarrow as pa
 
 from engramma.memory.store import insert, naive_utc, scalar
+from engramma.types import Name
+from engramma.updater.plan import ConsolidationPlan
 
 LEASE_SECONDS = 600.0  # a job renews its lease as it trains; a crashed job's items return after this
 MAX_ATTEMPTS = 3  # a rejected item is trained again at most this often, then it stays `failed`
 
 
-class QueueStatus(str, enum.Enum):
+class QueueStatus(Name):
     PENDING = "pending"
     CLAIMED = "claimed"
     DONE = "done"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+class JobStatus(Name):
+    RUNNING = "running"
+    DONE = "done"  # it recorded a new version
+    SKIPPED = "skipped"  # nothing to train
+    FAILED = "failed"  # an error, or out of time; its items went back to the queue
+    ABANDONED = "abandoned"  # its lease ran out, or its items were taken: nobody resumes it
 
 
 ROW_SCHEMA = pa.schema([("item_id", pa.int64()), ("status", pa.string()), ("train_scope", pa.string()),
@@ -182,7 +191,8 @@ def renew(con: duckdb.DuckDBPyConnection, job: Job, *, lease_seconds: float, now
     return scalar(con, "SELECT count(*) FROM queue WHERE lease_owner = ? AND status = 'claimed'", [job.job_id])
 
 
-def release(con: duckdb.DuckDBPyConnection, job: Job, *, status: str, error: str | None, now: datetime) -> None:
+def release(con: duckdb.DuckDBPyConnection, job: Job, *, status: JobStatus, error: str | None,
+            now: datetime) -> None:
     """A job that ends without an adapter: its items go back to pending."""
     con.execute("UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL "
                 "WHERE lease_owner = ? AND status = 'claimed'", [job.job_id])
@@ -235,8 +245,7 @@ def take_over(con: duckdb.DuckDBPyConnection, job: Job, *, lease_seconds: float,
 
 
 def job_item_ids(job: Job) -> list[int]:
-    plan = json.loads((job.folder / "plan.json").read_text())
-    return [int(i) for i in plan["new"]]
+    return [int(i) for i in ConsolidationPlan.read(job.folder).new]
 
 
 def _alive(pid: int) -> bool:

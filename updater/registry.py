@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,10 +17,11 @@ import duckdb
 
 from engramma.errors import EngrammaError
 from engramma.memory.atomic import atomic_write_bytes
-from engramma.memory.memory import naive_utc
+from engramma.memory.store import naive_utc
 from engramma.memory.store import scalar
 
 ACTIVE_FILE = "active.json"
+POINTER_SCHEMA = 1  # active.json: {"schema": 1, "active": {scope: {version, path, base_model, base_model_hash}}}
 
 
 class AdapterError(EngrammaError):
@@ -34,6 +35,43 @@ class AdapterStatus(str, enum.Enum):
     RETIRED = "retired"  # was active, replaced or rolled back
 
 
+ADAPTER_CONFIG_SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterConfig:
+    """How a version was made, kept in its registry row (`adapters.config`). Every field is optional: a trained
+    version fills the training ones, a merge the merge ones."""
+
+    stacked_on: str | None = None  # the shared version a user-scope adapter was trained on top of
+    merged_from: list[str] | None = None  # a merge's sources: their weights are in it
+    method: str | None = None  # a merge's method, weights and density
+    weights: list[float] | None = None
+    density: float | None = None
+    job_id: str | None = None
+    settings: dict | None = None  # the policy's consolidation settings it was trained with
+    replay_strategy: str | None = None
+    pool_size: int | None = None
+    examples: dict[str, int] | None = None  # training examples by role
+    padding_waste: float | None = None
+    final_loss: float | None = None
+    resumed_from_epoch: int | None = None
+    processes: int | None = None
+    schema: int = ADAPTER_CONFIG_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> AdapterConfig:
+        data = json.loads(text) if text else {}
+        if data.get("schema", ADAPTER_CONFIG_SCHEMA) > ADAPTER_CONFIG_SCHEMA:
+            raise AdapterError(f"adapter config schema {data['schema']} is newer than this engramma reads "
+                               f"({ADAPTER_CONFIG_SCHEMA}): upgrade engramma")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # rows from before a field existed lack it
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterVersion:
     version: str
@@ -44,7 +82,7 @@ class AdapterVersion:
     base_model: str
     base_model_hash: str | None
     policy_hash: str | None
-    config: dict
+    config: AdapterConfig
     metrics: dict
     items_new: int
     items_replayed: int
@@ -59,7 +97,8 @@ class AdapterVersion:
 
     def as_dict(self) -> dict:
         out = {name: getattr(self, name) for name in self.__slots__}
-        out.update(status=self.status.value, path=str(self.path), created_at=self.created_at.isoformat())
+        out.update(status=self.status.value, path=str(self.path), created_at=self.created_at.isoformat(),
+                   config=asdict(self.config))
         return out
 
 
@@ -71,7 +110,7 @@ def _row(store_folder: Path, row: tuple) -> AdapterVersion:
     (version, parent, scope, status, path, base_model, base_hash, policy_hash, config, metrics, items_new,
      items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, tainted, created_at, note) = row
     return AdapterVersion(version, parent, scope, AdapterStatus(status), store_folder / path, base_model, base_hash,
-                          policy_hash, json.loads(config) if config else {}, json.loads(metrics) if metrics else {},
+                          policy_hash, AdapterConfig.from_json(config), json.loads(metrics) if metrics else {},
                           items_new, items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, tainted,
                           created_at.replace(tzinfo=timezone.utc), note)
 
@@ -82,14 +121,14 @@ def next_version(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def add(con: duckdb.DuckDBPyConnection, *, version: str, parent: str | None, train_scope: str, path: str,
-        base_model: str, base_model_hash: str, policy_hash: str | None, config: dict, items_new: int,
+        base_model: str, base_model_hash: str, policy_hash: str | None, config: AdapterConfig, items_new: int,
         items_replayed: int, tokens: int, steps: int, wall_s: float, tokens_per_s: float, peak_mem_mb: float,
         now: datetime, lineage: dict[int, str], note: str | None = None) -> None:
     """A new candidate and its lineage (item id -> role: new | replay), in the caller's transaction."""
     con.execute(
         f"INSERT INTO adapters ({COLUMNS}, status_changed_at) VALUES "
         "(?, ?, ?, 'candidate', ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?, ?, ?, false, ?, ?, ?)",
-        [version, parent, train_scope, path, base_model, base_model_hash, policy_hash, json.dumps(config), items_new,
+        [version, parent, train_scope, path, base_model, base_model_hash, policy_hash, config.to_json(), items_new,
          items_replayed, tokens, steps, wall_s, tokens_per_s, peak_mem_mb, naive_utc(now), note, naive_utc(now)])
     if lineage:
         con.execute("INSERT INTO lineage SELECT ?, unnest(?), unnest(?)",
@@ -176,7 +215,7 @@ def descendants(con, versions: list[str]) -> list[str]:
     """`versions` and every version built on one of them: trained on from it (parent), or merged from it."""
     built_on: dict[str, list[str]] = {}
     for version, parent, config in con.execute("SELECT version, parent, config FROM adapters").fetchall():
-        for source in [parent, *(json.loads(config or "{}").get("merged_from") or [])]:
+        for source in [parent, *(AdapterConfig.from_json(config).merged_from or [])]:
             if source is not None:
                 built_on.setdefault(source, []).append(version)
     found, todo = dict.fromkeys(versions), list(versions)
@@ -271,7 +310,8 @@ def write_active_pointer(con: duckdb.DuckDBPyConnection, store_folder: Path) -> 
                        "WHERE status = 'active' ORDER BY train_scope").fetchall()
     data = {scope: {"version": version, "path": path, "base_model": base, "base_model_hash": digest}
             for scope, version, path, base, digest in rows}
-    atomic_write_bytes(store_folder / "adapters" / ACTIVE_FILE, json.dumps(data, indent=1).encode())
+    atomic_write_bytes(store_folder / "adapters" / ACTIVE_FILE,
+                       json.dumps({"schema": POINTER_SCHEMA, "active": data}, indent=1).encode())
     return data
 
 
@@ -286,6 +326,12 @@ def read_active_pointer(store_folder: Path) -> dict[str, dict]:
     except (ValueError, UnicodeDecodeError) as e:
         raise AdapterError(f"{path} is damaged ({e}); it is a view of the registry: rewrite it with "
                            f"`engramma adapters sync {store_folder}`") from None
+    if isinstance(data, dict) and "schema" in data:
+        if data["schema"] != POINTER_SCHEMA:
+            raise AdapterError(f"{path} has schema {data['schema']!r}, this engramma reads {POINTER_SCHEMA}; rewrite "
+                               f"it from the registry with `engramma adapters sync {store_folder}`")
+        data = data.get("active")
+    # (A file without a schema is the plain map engramma wrote before it had one.)
     if not isinstance(data, dict) or not all(isinstance(v, dict) and "version" in v and "path" in v
                                              for v in data.values()):
         raise AdapterError(f"{path} does not hold a scope -> adapter map; rewrite it from the registry with "

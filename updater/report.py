@@ -13,6 +13,7 @@ from typing import Literal
 
 from engramma.memory.store import Store
 from engramma.updater import registry
+from engramma.updater.gate import CheckName
 from engramma.updater.registry import AdapterStatus, AdapterVersion
 
 STATUS_COLOURS = {"active": "#2b8a3e", "retired": "#868e96", "rejected": "#c92a2a", "candidate": "#1971c2"}
@@ -37,14 +38,21 @@ class CheckLook:
     unit: Literal["count", "share", "points", "change", "logprob", "raw"]
 
 
-# The checks `gate.judge` makes, in its order. A check added there and not here is still drawn, on a raw scale.
-CHECK_LOOKS = {
-    "items": CheckLook("New items in the round", "min", "count"),
-    "new_accuracy": CheckLook("New items: probe accuracy", "min", "share"),
-    "new_likelihood": CheckLook("New items: log-probability gain over the parent", "above", "logprob"),
-    "retention_drop": CheckLook("Earlier rounds: accuracy drop vs the parent", "max", "points"),
-    "perplexity_increase": CheckLook("General text: perplexity change vs the parent", "max", "change"),
-    "untainted": CheckLook("Untainted by forgotten items", "flag", "raw"),
+# One look per check `gate.judge` makes, in its order (a test holds them to `CheckName`). A name read from a
+# registry written by another engramma version, and unknown here, is still drawn, on a raw scale.
+CHECK_LOOKS: dict[CheckName, CheckLook] = {
+    CheckName.ITEMS: CheckLook("New items in the round", "min", "count"),
+    CheckName.NEW_ACCURACY: CheckLook("New items: probe accuracy", "min", "share"),
+    CheckName.NEW_HELDOUT_ACCURACY: CheckLook("New items: accuracy on held-out wordings", "min", "share"),
+    CheckName.NEW_LIKELIHOOD: CheckLook("New items: log-probability gain over the parent", "above", "logprob"),
+    CheckName.RETENTION_DROP: CheckLook("Earlier rounds: accuracy drop vs the parent", "max", "points"),
+    CheckName.RETENTION_HELDOUT_DROP: CheckLook("Earlier rounds: held-out accuracy drop vs the parent", "max",
+                                                "points"),
+    CheckName.RETENTION_PERPLEXITY_INCREASE: CheckLook("Earlier rounds without probes: perplexity change", "max",
+                                                       "change"),
+    CheckName.PERPLEXITY_INCREASE: CheckLook("General text: perplexity change vs the parent", "max", "change"),
+    CheckName.GENERAL_AGREEMENT: CheckLook("General prompts: agreement with the base model", "min", "share"),
+    CheckName.UNTAINTED: CheckLook("Untainted by forgotten items", "flag", "raw"),
 }
 UNIT_AXIS = {"count": "items", "share": "accuracy", "points": "% points", "change": "change",
              "logprob": "nats / token", "raw": "value"}
@@ -352,12 +360,12 @@ def _lineage(plt, versions, out) -> Figure:
     fig, ax = plt.subplots(figsize=(_width(len(versions), 0.6, 2.5), 1.3 + 0.9 * len(scopes)))
     for v in versions:
         x, y = at[v.version]
-        sources = v.config.get("merged_from") or ([v.parent] if v.parent else [])
+        sources = v.config.merged_from or ([v.parent] if v.parent else [])
         for source in sources:
             if source in at:
                 ax.annotate("", xy=(x, y), xytext=at[source], arrowprops={
                     "arrowstyle": "-|>", "color": "#868e96", "shrinkA": 11, "shrinkB": 11, "mutation_scale": 14})
-        ax.scatter([x], [y], s=260, marker="D" if v.config.get("merged_from") else "o",
+        ax.scatter([x], [y], s=260, marker="D" if v.config.merged_from else "o",
                    color=STATUS_COLOURS[v.status.value], edgecolors=TAINT if v.tainted else "white",
                    linewidths=3 if v.tainted else 1, zorder=3)
         ax.text(x, y - 0.3, v.version, ha="center", va="top", fontsize=9)
@@ -366,7 +374,7 @@ def _lineage(plt, versions, out) -> Figure:
     if any(v.tainted for v in versions):
         handles.append(Line2D([], [], marker="o", linestyle="", markersize=9, color="white",
                               markeredgecolor=TAINT, markeredgewidth=2.5, label="tainted"))
-    if any(v.config.get("merged_from") for v in versions):
+    if any(v.config.merged_from for v in versions):
         handles.append(Line2D([], [], marker="D", linestyle="", markersize=8, color="#495057", label="merge"))
     ax.set_yticks(range(len(scopes)), scopes)
     ax.set_ylabel("train scope")

@@ -27,7 +27,7 @@ from typing import Callable
 
 from engramma.errors import EngrammaError
 from engramma.policies.schema import ConsolidationSettings
-from engramma.updater.dataset import IGNORE, TokenizedExample, collate, length_batches
+from engramma.updater.dataset import IGNORE, ExampleRole, TokenizedExample, collate, length_batches
 from engramma.updater.model import LanguageModel
 
 TRAINED = "default"  # peft saves the adapter named "default" at the top of its folder
@@ -181,9 +181,15 @@ def _rng_tensors():
     return out
 
 
+STATE_SCHEMA = 1  # epoch-N/state.json
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
+    """The newest whole checkpoint this engramma can resume from (one of another schema is trained again)."""
     done = sorted(p for p in folder.glob("epoch-*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+    if done and json.loads((done[-1] / "state.json").read_text()).get("schema") == STATE_SCHEMA:
+        return done[-1]
+    return None
 
 
 def train_adapter(
@@ -217,8 +223,8 @@ def train_adapter(
     accelerator = accelerator or make_accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(training.seed + rank)
-    use_kl = training.kl_weight > 0 and parent is not None and any(e.role == "replay" for e in examples)
-    anchor_kl = settings.anchors.kl_weight if any(e.role == "anchor" for e in examples) else 0.0
+    use_kl = training.kl_weight > 0 and parent is not None and any(e.role == ExampleRole.REPLAY for e in examples)
+    anchor_kl = settings.anchors.kl_weight if any(e.role == ExampleRole.ANCHOR for e in examples) else 0.0
     model = peft_model(lm, settings, parent=parent, stacked=stacked, kl=use_kl)
     try:
         device = accelerator.device
@@ -291,7 +297,7 @@ def train_adapter(
                                     stacked is not None)
                             if anchor_kl:
                                 loss = loss + anchor_kl * _kl_to_reference(
-                                    model, input_ids, mask, logits, counted, part, "anchor", None,
+                                    model, input_ids, mask, logits, counted, part, ExampleRole.ANCHOR, None,
                                     stacked is not None)
                         # DDP averages gradients over processes: scale so the step's gradient is that of the
                         # mean loss over all of the step's completion tokens.
@@ -344,7 +350,7 @@ def _past(deadline: float, accelerator, device) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(late), device=device), reduction="sum") > 0)
 
 
-def _kl_to_reference(model, input_ids, mask, logits, counted, part, role: str, reference: str | None,
+def _kl_to_reference(model, input_ids, mask, logits, counted, part, role: ExampleRole, reference: str | None,
                      stacked: bool):
     """KL(reference || current) on the completion tokens of the batch's examples of `role`. The reference is
     the frozen `reference` adapter (the parent), or with None the base model (under the shared adapter, if
@@ -391,7 +397,8 @@ def _checkpoint(accelerator, model, optimizer, params, folder: Path, *, epoch: i
         _save_optimizer(optimizer, params, tmp / "optimizer.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "losses": losses, "tokens": tokens,
+        (tmp / "state.json").write_text(json.dumps({"schema": STATE_SCHEMA, "epoch": epoch, "step": step,
+                                                    "losses": losses, "tokens": tokens,
                                                     "label_tokens": label_tokens}))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
