@@ -7,6 +7,7 @@ exact while small and becomes IVF past `ivf_threshold` vectors (see benchmarks/R
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -54,22 +55,33 @@ PARALLEL_QUERIES = 64  # below this many queries, search on one thread
 BLAS_QUERIES = 8
 
 
+_BLAS_SETTING = threading.Lock()  # FAISS's BLAS threshold is one process-wide value: batch searches take turns
+
+
 def _search(index: faiss.Index, queries: np.ndarray, k: int, **params) -> tuple[np.ndarray, np.ndarray]:
     queries = _as_vectors(queries, index.d)
     if index.ntotal == 0 or k <= 0:
         return (np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1, np.int64))
     # A few queries finish faster on one thread than it takes OpenMP to wake a team (several ms on a busy
-    # 2-core machine). Both settings are FAISS globals: the caller's are restored afterwards.
-    threads, blas = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
-    if len(queries) < PARALLEL_QUERIES:
+    # 2-core machine). OpenMP's thread count belongs to the calling thread, so no other thread sees the change.
+    one_thread = len(queries) < PARALLEL_QUERIES
+    threads = faiss.omp_get_max_threads()
+    if one_thread:
         faiss.omp_set_num_threads(1)
-    if len(queries) >= BLAS_QUERIES:
-        faiss.cvar.distance_compute_blas_threshold = BLAS_QUERIES
     try:
-        scores, ids = index.search(queries, k, **params)
+        if len(queries) < BLAS_QUERIES:  # a single recall: no global touched, no lock taken
+            scores, ids = index.search(queries, k, **params)
+        else:
+            with _BLAS_SETTING:
+                blas = faiss.cvar.distance_compute_blas_threshold
+                faiss.cvar.distance_compute_blas_threshold = BLAS_QUERIES
+                try:
+                    scores, ids = index.search(queries, k, **params)
+                finally:
+                    faiss.cvar.distance_compute_blas_threshold = blas
     finally:
-        faiss.omp_set_num_threads(threads)
-        faiss.cvar.distance_compute_blas_threshold = blas
+        if one_thread:
+            faiss.omp_set_num_threads(threads)
     scores[ids < 0] = -np.inf
     return scores, ids
 

@@ -201,3 +201,34 @@ def test_auto_index_trains_on_the_same_vectors_however_they_arrive():
     queries = unit_vectors(50, seed=12)
     for got, want in zip(at_once.search(queries, 10), in_batches.search(queries, 10)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_searches_from_many_threads_leave_faiss_settings_as_they_were():
+    """Single and batch searches at once, from several threads: FAISS's thread count and BLAS threshold are
+    what the process had before, and every search still finds what one thread finds."""
+    import threading
+
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2_000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FlatIndex(16)
+    index.add(np.arange(len(vectors)), vectors)
+    expected = index.search(vectors[:100], 3)[1]
+    threads, blas = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
+    wrong: list[int] = []
+
+    def worker(n: int) -> None:
+        for r in range(60):
+            rows = slice(r % 90, r % 90 + 1) if (n + r) % 2 else slice(0, 100)  # a recall, or a batch
+            if not np.array_equal(index.search(vectors[rows], 3)[1], expected[rows]):
+                wrong.append(n)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert wrong == []
+    assert (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold) == (threads, blas)
