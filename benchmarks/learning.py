@@ -357,7 +357,7 @@ def _consolidation(result, wall_s: float) -> dict:
         out.update(tokens=result.report.tokens, train_s=result.report.wall_s, tokens_per_s=result.report.tokens_per_s,
                    steps=result.report.steps, final_loss=result.report.losses[-1] if result.report.losses else None)
     if result.gate is not None:
-        m = result.gate.metrics
+        m = result.gate.metrics.to_dict()
         out.update(decision=result.gate.decision, failed=[c.name for c in result.gate.failed],
                    checks=[{"name": c.name, "value": c.value, "threshold": c.threshold, "passed": c.passed,
                             "detail": c.detail} for c in result.gate.checks],

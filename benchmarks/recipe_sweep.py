@@ -36,7 +36,7 @@ def run(config: str, facts, unknown, texts, lm, embedder, seed: int, form: str, 
     from engramma.agents.context import context_block
 
     from engramma import Memory
-    from engramma.updater import consolidate
+    from engramma.updater import augment, consolidate, registry
     from engramma.updater.evaluate import answer_matches, generate
     from engramma.updater.layout import system_message
 
@@ -82,9 +82,9 @@ def run(config: str, facts, unknown, texts, lm, embedder, seed: int, form: str, 
         finally:
             model.unload()
         with Memory.open(Path(tmp) / "store", embedder=embedder) as mem, mem.store.transaction() as con:
-            config_json = con.execute("SELECT config FROM adapters WHERE version = ?", [result.version]).fetchall()[0][0]
-            made = dict(con.execute("SELECT source, count(*) FROM augmentations GROUP BY ALL").fetchall())
-    metrics = result.gate.metrics
+            examples = registry.get(con, mem.store.folder, result.version).config.examples
+            made = augment.counts(con)
+    metrics = result.gate.metrics.to_dict()
     return {"config": config, "seed": seed, "form": form, "facts": len(facts), "decision": result.gate.decision,
             "failed": [c.name for c in result.gate.failed], "probe_accuracy": probe, "heldout_accuracy": heldout,
             "gate_new_accuracy": metrics.get("new_accuracy"), "gate_heldout_accuracy": metrics.get("new_heldout_accuracy"),
@@ -92,7 +92,7 @@ def run(config: str, facts, unknown, texts, lm, embedder, seed: int, form: str, 
             "perplexity_increase": metrics["perplexity"] / metrics["base_perplexity"] - 1,
             "agent_heldout_accuracy": rows["candidate"][0], "base_agent_heldout_accuracy": rows["base"][0],
             "invented_rate": rows["candidate"][1], "base_invented_rate": rows["base"][1], "unanswerable": len(unknown),
-            "examples": json.loads(config_json).get("examples"), "pairs": made, "tokens": result.report.tokens, "train_s": result.report.wall_s, "consolidate_s": seconds}
+            "examples": examples, "pairs": made, "tokens": result.report.tokens, "train_s": result.report.wall_s, "consolidate_s": seconds}
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def _result_dict(r) -> dict:
         if r.gate is not None:
             out["gate"] = {"passed": r.gate.passed, "decision": r.gate.decision,
                            "checks": [asdict(c) for c in r.gate.checks],
-                           **{k: r.gate.metrics.get(k) for k in ("new_accuracy", "retention", "parent_retention",
+                           **{k: getattr(r.gate.metrics, k) for k in ("new_accuracy", "retention", "parent_retention",
                                                                  "perplexity", "parent_perplexity", "bwt", "fwt")}}
         out.update({name: getattr(r.report, name) for name in (
             "epochs", "steps", "tokens", "label_tokens", "padding_waste", "wall_s", "tokens_per_s", "peak_mem_mb",

@@ -181,7 +181,7 @@ def main() -> None:
         for result in results:
             if result.gate is None:
                 continue
-            gate, taught = result.gate.metrics, taught + result.items_new
+            gate, taught = result.gate.metrics.to_dict(), taught + result.items_new
             decision = f"{result.version} {result.gate.decision}"
             for check in result.gate.checks:
                 mark = "[green]pass[/]" if check.passed else "[red]FAIL[/]"

@@ -12,7 +12,9 @@ from datetime import timezone
 from pathlib import Path
 
 from engramma.errors import ItemNotFound
-from engramma.memory.store import ITEM_COLUMNS, item_from_row
+from engramma.memory import items as item_rows
+from engramma.memory import policy_store
+from engramma.memory.store import item_from_row
 from engramma.types import Explanation, Item, Probe
 from engramma.policies import Policy, RuleTrace, Signals, explain, parse_policy
 
@@ -34,15 +36,12 @@ def traces_json(item: Item, signals: Signals, policy: Policy) -> str:
 
 def traces_before_erasing(con, ids: list[int]) -> list[str | None]:
     """For each id, its explanation while its text and meta are still there (see `traces_json`)."""
-    rows = con.execute(
-        f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS.split(', '))}, i.signals, p.text, i.policy_name FROM items i "
-        "LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id IN (SELECT unnest(?))",
-        [ids]).fetchall()
     policies: dict[str, Policy] = {}
     traces: dict[int, str | None] = {}
-    for row in rows:
+    for row in item_rows.with_decisions(con, ids):
         item_id, item = item_from_row(row[:12])
-        signals, policy_text, policy_name = row[12:]
+        signals, policy_hash, policy_name = row[12:]
+        policy_text = policy_store.text_of(con, policy_hash)
         if policy_text is None:
             traces[item_id] = None
             continue
@@ -54,15 +53,12 @@ def traces_before_erasing(con, ids: list[int]) -> list[str | None]:
 
 def explain_item(con, folder: Path, item_id: int) -> Explanation:
     """An item's signals, the rule that matched and why each earlier one did not (see the module docstring)."""
-    rows = con.execute(
-        "SELECT i.status, i.kind, i.scope, i.source, i.key, i.text, i.probe_question, i.probe_answer, i.meta, "
-        "i.ts, i.route, i.rule, i.reasons, i.signals, i.policy_name, i.policy_hash, p.text, i.traces "
-        "FROM items i LEFT JOIN policies p ON p.content_hash = i.policy_hash WHERE i.id = ?",
-        [int(item_id)]).fetchall()
-    if not rows:
+    row = item_rows.decided(con, item_id)
+    if row is None:
         raise ItemNotFound(f"no item {item_id} in {folder}")
     (status, kind, scope, source, key, text, pq, pa_, meta, ts, route, rule, reasons, signals, policy_name,
-     policy_hash, policy_text, stored_traces) = rows[0]
+     policy_hash, stored_traces) = row
+    policy_text = policy_store.text_of(con, policy_hash)
     item = Item(text=text or NOT_STORED, kind=kind, scope=scope, source=source, key=key,
                 probe=Probe(pq, pa_) if pq else None, meta=json.loads(meta) if meta else {},
                 ts=ts.replace(tzinfo=timezone.utc))

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
-from engramma.memory.store import ITEM_COLUMNS, item_from_row, naive_utc, scalar
+from engramma.memory import events
+from engramma.memory.store import ITEM_COLUMNS, insert, item_from_row, naive_utc, scalar
 from engramma.types import Item, Record
 
 # An item is private when it belongs to one user, or holds personal data (signals.pii is the PII kinds found).
@@ -32,6 +35,39 @@ def private_ids(con: duckdb.DuckDBPyConnection) -> list[int]:
     return [r[0] for r in con.execute(f"SELECT id FROM items WHERE {PRIVATE} ORDER BY 1").fetchall()]
 
 
+def keyed(con: duckdb.DuckDBPyConnection, keys: list[str]) -> list[tuple]:
+    """(id, scope, key, content_hash, ts, status, valid_to) of every item not forgotten with one of `keys`."""
+    return con.execute("SELECT id, scope, key, content_hash, ts, status, valid_to FROM items "
+                       "WHERE status != 'forgotten' AND key IN (SELECT unnest(?))", [keys]).fetchall()
+
+
+def dropped_repeats(con: duckdb.DuckDBPyConnection, item_ids: list[int], since: datetime) -> dict[int, int]:
+    """item -> how many observations dropped as its duplicates came at or after `since` (naive UTC)."""
+    return dict(con.execute("SELECT duplicate_of, count(*) FROM items WHERE status = 'dropped' "
+                            "AND duplicate_of IN (SELECT unnest(?)) AND ts >= ? GROUP BY ALL",
+                            [item_ids, since]).fetchall())
+
+
+def with_decisions(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> list[tuple]:
+    """ITEM_COLUMNS, then signals, policy_hash and policy_name, of `item_ids`: what explains their decisions."""
+    return con.execute(f"SELECT {ITEM_COLUMNS}, signals, policy_hash, policy_name FROM items "
+                       "WHERE id IN (SELECT unnest(?))", [item_ids]).fetchall()
+
+
+def decided(con: duckdb.DuckDBPyConnection, item_id: int) -> tuple | None:
+    """What `explain` shows of any item ever observed, whatever its status (see memory/explain.py), or None."""
+    rows = con.execute(
+        "SELECT status, kind, scope, source, key, text, probe_question, probe_answer, meta, ts, route, rule, reasons, "
+        "signals, policy_name, policy_hash, traces FROM items WHERE id = ?", [int(item_id)]).fetchall()
+    return rows[0] if rows else None
+
+
+def with_pii(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> list[int]:
+    """Those of `item_ids` in which personal data was found, whatever their status."""
+    return [r[0] for r in con.execute("SELECT id FROM items WHERE json_array_length(json_extract(signals, '$.pii')) > 0 "
+                                      "AND id IN (SELECT unnest(?)) ORDER BY 1", [item_ids]).fetchall()]
+
+
 def current(con: duckdb.DuckDBPyConnection, item_ids: list[int], now: datetime) -> list[int]:
     """Those of `item_ids` that are kept and current at `now` (not superseded or expired), in id order."""
     return [r[0] for r in con.execute(
@@ -45,8 +81,92 @@ def kept(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> list[int]:
                                       "ORDER BY 1", [item_ids]).fetchall()]
 
 
+def add(con: duckdb.DuckDBPyConnection, columns: dict, schema: pa.Schema) -> None:
+    """Insert new rows, one value per row in each of `columns` (memory/write.py builds them; `schema` is
+    `store.items_schema(dim)`), in one bulk Arrow insert."""
+    insert(con, "items", columns, schema)
+
+
 def next_id(con: duckdb.DuckDBPyConnection) -> int:
     return scalar(con, "SELECT coalesce(max(id), 0) + 1 FROM items")
+
+
+def load(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> dict[int, Item]:
+    """id -> `Item` of those of `item_ids` that exist (a forgotten item comes back erased)."""
+    if not item_ids:
+        return {}
+    rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN (SELECT unnest(?))", [item_ids]).fetchall()
+    return dict(item_from_row(r) for r in rows)
+
+
+def vector_rows(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> np.ndarray:
+    """The stored vectors of `item_ids`, one row each in the order given; (0, 1) for none."""
+    if not item_ids:
+        return np.zeros((0, 1), np.float32)
+    table = con.sql("SELECT id, vector FROM items WHERE id IN (SELECT unnest($ids))",
+                    params={"ids": item_ids}).to_arrow_table()
+    row = {int(i): n for n, i in enumerate(table.column("id").to_pylist())}
+    found = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(len(row), -1)
+    return found[[row[i] for i in item_ids]]
+
+
+def not_kept(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> list[int]:
+    """Those of `item_ids` dropped or forgotten, in id order."""
+    return [r[0] for r in con.execute("SELECT id FROM items WHERE status != 'kept' AND id IN (SELECT unnest(?)) "
+                                      "ORDER BY 1", [item_ids]).fetchall()]
+
+
+def untrained_texts(con: duckdb.DuckDBPyConnection, scope: str, *, exclude: list[int], limit: int) -> list[str]:
+    """Up to `limit` texts of `scope`'s kept index-only items, none of `exclude` (what adapters saw), in a fixed
+    order that does not depend on when they came: general text the adapters never trained on."""
+    return [r[0] for r in con.execute(
+        "SELECT text FROM items WHERE status = 'kept' AND route = 'index' AND scope = ? AND text IS NOT NULL "
+        "AND id NOT IN (SELECT unnest(?)) ORDER BY hash(content_hash) LIMIT ?", [scope, exclude, limit]).fetchall()]
+
+
+# -- eviction: items whose only home is the weights -------------------------------------------------------------
+
+EVICTABLE = "status = 'kept' AND route = 'both' AND after_consolidation = 'evict'"
+
+
+def evicted_among(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> set[int]:
+    """Those of `item_ids` out of the index because an adapter learned them."""
+    return {r[0] for r in con.execute(f"SELECT id FROM items WHERE {EVICTABLE} AND NOT in_index "
+                                      "AND id IN (SELECT unnest(?))", [item_ids]).fetchall()}
+
+
+def evictable(con: duckdb.DuckDBPyConnection, item_ids: list[int], now: datetime) -> dict[int, bool]:
+    """Those of `item_ids` that leave the index once learned (`after_consolidation: evict`) and are current at
+    `now`: id -> in the index now."""
+    return dict(con.execute(f"SELECT id, in_index FROM items WHERE {EVICTABLE} AND id IN (SELECT unnest(?)) "
+                            "AND (valid_to IS NULL OR valid_to > ?)", [item_ids, naive_utc(now)]).fetchall())
+
+
+def set_in_index(con: duckdb.DuckDBPyConnection, store_folder: Path, item_ids: list[int], in_index: bool,
+                 now: datetime) -> None:
+    """Evict `item_ids` from the index (False) or restore them (True), and log it for the index views."""
+    if item_ids:
+        con.execute("UPDATE items SET in_index = ? WHERE id IN (SELECT unnest(?))", [in_index, item_ids])
+        events.append_after_newest(con, store_folder, "restore" if in_index else "evict", item_ids, now)
+
+
+# -- for the report: the stream over time -----------------------------------------------------------------------
+
+
+def time_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, datetime | None]:
+    """The first and last item time (naive UTC) of every item ever observed, or (None, None)."""
+    return con.execute("SELECT min(ts), max(ts) FROM items").fetchone()
+
+
+def routes_over_time(con: duckdb.DuckDBPyConnection, unit: str) -> list[tuple[datetime, str, int]]:
+    """(time bin, route, how many) of every decision ever made, by `unit` (a `date_trunc` part), oldest first."""
+    return con.execute("SELECT date_trunc(?, ts) AS bin, route, count(*) FROM items GROUP BY ALL ORDER BY bin",
+                       [unit]).fetchall()
+
+
+def status_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Every item ever observed, by status (kept, dropped, forgotten)."""
+    return dict(con.execute("SELECT status, count(*) FROM items GROUP BY ALL").fetchall())
 
 
 # -- what the index view holds ----------------------------------------------------------------------------------

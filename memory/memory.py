@@ -30,9 +30,8 @@ from engramma.memory import items as item_rows
 from engramma.memory.embed import DEFAULT_EMBEDDER, Embedder, SentenceEmbedder
 from engramma.memory.explain import explain_item
 from engramma.memory.index import IVF_THRESHOLD
-from engramma.memory.policy_store import DEFAULT_POLICY
 from engramma.memory.routing import route_batch
-from engramma.memory.store import DB_FILE, Store, items_schema, naive_utc, scalar, write_head
+from engramma.memory.store import DB_FILE, Store, items_schema, naive_utc, write_head
 from engramma.memory.sync import SyncedView
 from engramma.memory.view import IndexView
 from engramma.memory.weights import Weights
@@ -123,8 +122,9 @@ class Memory(contextlib.AbstractContextManager["Memory"]):  # its __enter__ retu
         store = Store(folder, busy_timeout=config.busy_timeout)
         try:
             with store.transaction() as con:
-                exists = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
-                stored_embedder = scalar(con, "SELECT value FROM meta WHERE key = 'embedder'") if exists else None
+                meta = store.meta(con)
+                exists = meta is not None
+                stored_embedder = meta.get("embedder") if exists else None
                 stored_policy = policy_store.stored_origin(con) if exists else None
                 last_good = policy_store.last_good(con, stored_policy) if exists else None
             live = policy_store.in_force(policy, stored_policy, last_good)

@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from engramma.types import PII_KINDS  # noqa: F401  (the kinds this module finds)
+from engramma.types import PII_KINDS  # noqa: F401  (the kinds this module finds, re-exported for callers)
 
 
 # Contact details. The email pattern finds the domain from its "@"; a local part must end right before it.

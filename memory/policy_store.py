@@ -25,6 +25,11 @@ def last_good(con: duckdb.DuckDBPyConnection, origin: str | None) -> str | None:
     return scalar(con, "SELECT text FROM policies WHERE origin = ? ORDER BY first_used_at DESC LIMIT 1", [origin])
 
 
+def text_of(con: duckdb.DuckDBPyConnection, content_hash: str | None) -> str | None:
+    """The text of the policy with `content_hash`, if the store kept it."""
+    return scalar(con, "SELECT text FROM policies WHERE content_hash = ?", [content_hash]) if content_hash else None
+
+
 def stored_origin(con: duckdb.DuckDBPyConnection) -> str | None:
     """The origin of the store's own policy; None until a Memory first opened the store."""
     return scalar(con, "SELECT value FROM meta WHERE key = 'policy'")

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from engramma.memory import items as item_rows
 from engramma.memory.signals import BatchSignals, KeyedObservation
 from engramma.types import Item
 from engramma.memory.view import IndexView
@@ -33,9 +34,7 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
     current: dict[tuple[str, str], tuple[int, str, datetime]] = {}  # (scope, key) -> (id, hash, ts)
     learned: dict[int, str] = {}  # current keyed item -> the train scope it was queued or trained for
     if keys:
-        rows = con.execute(
-            "SELECT id, scope, key, content_hash, ts, status, valid_to FROM items "
-            "WHERE status != 'forgotten' AND key IN (SELECT unnest(?))", [keys]).fetchall()
+        rows = item_rows.keyed(con, keys)
         wanted = {(item.scope, item.key) for item in items if item.key is not None}
         for item_id, scope, key, content_hash, ts, status, valid_to in rows:
             if (scope, key) not in wanted:
@@ -48,10 +47,7 @@ def route_batch(con, items: list[Item], vectors: np.ndarray, ids: list[int], *, 
             learned = learned_scopes(con, [v[0] for v in current.values()])
 
     def dropped_repeats(candidates: set[int], since: datetime) -> dict[int, int]:
-        return dict(con.execute(
-            "SELECT duplicate_of, count(*) FROM items WHERE status = 'dropped' "
-            "AND duplicate_of IN (SELECT unnest(?)) AND ts >= ? GROUP BY ALL",
-            [sorted(candidates), naive(since)]).fetchall())
+        return item_rows.dropped_repeats(con, sorted(candidates), naive(since))
 
     measure = BatchSignals(items, vectors, ids, view=view, scopes_of=scopes_of, settings=policy.spec.signals,
                            now=now, keyed_history=history,

@@ -439,6 +439,12 @@ class Store:
 
     # -- schema -----------------------------------------------------------------------------------------
 
+    def meta(self, con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
+        """The store's meta rows (schema version, embedder, dim, policy), or None before its schema exists."""
+        if not scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"):
+            return None
+        return dict(con.execute("SELECT key, value FROM meta").fetchall())
+
     def ensure_schema(self, con: duckdb.DuckDBPyConnection, *, dim: int, embedder: str) -> dict[str, str]:
         """Create the schema in a new file, migrate an older one, refuse a newer one. Returns the meta rows."""
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -518,14 +524,3 @@ def write_head(folder: Path, seq: int) -> bytes:
         return head
     finally:
         os.close(fd)
-
-
-def append_events(con, folder: Path, op: str, ids: list[int], now: datetime) -> int:
-    """Append events written outside a Memory (the gate evicting items from the index, unlearning) after the
-    newest seq, and move the head, so that every open Memory brings its view up to date. Returns the last seq."""
-    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM events")
-    seqs = list(range(seq + 1, seq + 1 + len(ids)))
-    insert(con, "events", {"seq": seqs, "op": [op] * len(ids), "item_id": ids, "scope": [None] * len(ids),
-                           "happened_at": [naive_utc(now)] * len(ids)}, EVENTS_SCHEMA)
-    write_head(folder, seqs[-1])
-    return seqs[-1]

@@ -20,7 +20,7 @@ from engramma.memory import events
 from engramma.memory import items as item_rows
 from engramma.memory.explain import traces_before_erasing, traces_json
 from engramma.memory.routing import Routed
-from engramma.memory.store import insert, naive_utc
+from engramma.memory.store import naive_utc
 from engramma.memory.sync import SyncedView
 from engramma.memory.view import IndexView
 from engramma.memory.weights import Weights
@@ -72,7 +72,7 @@ def insert_items(con: duckdb.DuckDBPyConnection, ids: list[int], items: list[Ite
     def unless_dropped(values: list) -> list:  # a dropped item's text is never stored
         return [v if k else None for v, k in zip(values, kept)]
 
-    insert(con, "items", {
+    item_rows.add(con, {
         "id": ids,
         "status": ["kept" if k else "dropped" for k in kept],
         "content_hash": [item.content_hash for item in items],

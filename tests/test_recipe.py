@@ -208,7 +208,7 @@ def test_the_gate_fails_an_item_learned_in_its_training_wording_only(tmp_path, e
     finally:
         db.close()
     [result] = consolidate(store, model=tiny, progress=False)
-    metrics = result.gate.metrics
+    metrics = result.gate.metrics.to_dict()
     assert metrics["new_accuracy"] >= 0.8, "the training wording was learned"
     assert metrics["new_heldout"] == 8
     assert metrics["new_heldout_accuracy"] <= metrics["new_accuracy"] - 0.25, "the new wording was not learned"

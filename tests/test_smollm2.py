@@ -102,7 +102,7 @@ def test_the_shipped_recipe_learns_statements_and_answers_them_reworded(tmp_path
     before = accuracy(lm.model)
     [result] = consolidate(tmp_path / "store", model=lm, progress=False)
     assert result.gate.decision == "promoted", [c.detail for c in result.gate.failed]
-    assert result.gate.metrics["new_heldout"] > 0, "the gate asked held-out questions"
+    assert result.gate.metrics.new_heldout > 0, "the gate asked held-out questions"
     running = ActiveAdapters(lm, tmp_path / "store")
     assert running.refresh()
     after = accuracy(running.model)

@@ -159,7 +159,7 @@ def kl_to_parent_on_replay(lm, store) -> float:
     from peft import PeftModel
 
     from engramma.updater.dataset import collate
-    from engramma.updater.gate import _items
+    from engramma.memory.items import load as _items
 
     with duckdb.connect(str(store / "engramma.duckdb"), read_only=True) as con:
         replayed = [r[0] for r in con.execute("SELECT item_id FROM lineage WHERE adapter_version = 'v2' "

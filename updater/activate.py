@@ -9,8 +9,9 @@ from pathlib import Path
 
 import duckdb
 
-from engramma.memory.store import append_events, naive_utc
-from engramma.updater import registry
+from engramma.memory import items as item_rows
+from engramma.updater import queue, registry
+from engramma.updater.measure import probe_marks
 from engramma.updater.registry import AdapterStatus
 
 
@@ -47,16 +48,10 @@ def settle_index(con, store_folder: Path, train_scope: str, now: datetime) -> tu
     """Make the index agree with the weights for the scope's `after_consolidation: evict` items: out of the
     index exactly when the active adapter answers their probe. Returns (evicted, restored) ids."""
     active = registry.active(con, store_folder, train_scope)
-    rows = con.execute(
-        "SELECT i.id, i.in_index, p.correct FROM items i JOIN queue q ON q.item_id = i.id "
-        "LEFT JOIN probe_results p ON p.item_id = i.id AND p.evaluated = ? "
-        "WHERE i.status = 'kept' AND i.route = 'both' AND i.after_consolidation = 'evict' AND q.train_scope = ? "
-        "AND (i.valid_to IS NULL OR i.valid_to > ?)",
-        [active.version if active else "", train_scope, naive_utc(now)]).fetchall()
-    evict = [i for i, in_index, correct in rows if in_index and correct is True]
-    restore = [i for i, in_index, correct in rows if not in_index and correct is not True]
-    for ids, in_index, op in ((evict, False, "evict"), (restore, True, "restore")):
-        if ids:
-            con.execute("UPDATE items SET in_index = ? WHERE id IN (SELECT unnest(?))", [in_index, ids])
-            append_events(con, store_folder, op, ids, now)
+    in_index = item_rows.evictable(con, queue.in_scope(con, train_scope), now)
+    answered = probe_marks(con, active.version, list(in_index)) if active else {}
+    evict = sorted(i for i, indexed in in_index.items() if indexed and answered.get(i) is True)
+    restore = sorted(i for i, indexed in in_index.items() if not indexed and answered.get(i) is not True)
+    item_rows.set_in_index(con, store_folder, evict, False, now)
+    item_rows.set_in_index(con, store_folder, restore, True, now)
     return evict, restore

@@ -160,6 +160,11 @@ def save(con, pairs: dict[int, list[Pair]], now) -> None:
                     "unnest(?), ?", [*(list(c) for c in columns), naive_utc(now)])
 
 
+def counts(con) -> dict[str, int]:
+    """Stored pairs by source (template, generated)."""
+    return dict(con.execute("SELECT source, count(*) FROM augmentations GROUP BY ALL ORDER BY 1").fetchall())
+
+
 def erase(con, item_ids: list[int]) -> None:
     """Forgotten items' wordings go with them."""
     con.execute("DELETE FROM augmentations WHERE item_id IN (SELECT unnest(?))", [item_ids])

@@ -25,7 +25,7 @@ import numpy as np
 from engramma.errors import EngrammaError, InvalidInput
 from engramma.memory.policy_store import store_policy
 from engramma.memory import items as item_rows
-from engramma.memory.store import ITEM_COLUMNS, Store, item_from_row, open_existing, scalar
+from engramma.memory.store import Store, open_existing, scalar
 from engramma.types import Item, Name, check_scope
 from engramma.policies import Policy
 from engramma.policies.schema import ConsolidationSettings
@@ -67,20 +67,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _items(con, ids: list[int]) -> dict[int, Item]:
-    rows = con.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN (SELECT unnest(?))", [ids]).fetchall()
-    return dict(item_from_row(r) for r in rows)
-
-
-def _vectors(con, ids: list[int]) -> np.ndarray:
-    if not ids:
-        return np.zeros((0, 1), np.float32)
-    table = con.sql("SELECT id, vector FROM items WHERE id IN (SELECT unnest($ids))", params={"ids": ids}).to_arrow_table()
-    row = {int(i): n for n, i in enumerate(table.column("id").to_pylist())}
-    vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(len(row), -1)
-    return vectors[[row[i] for i in ids]]
-
-
 def replay_pool(con, train_scope: str, chain: list[str], exclude: list[int], now: datetime) -> list[int]:
     """What may be replayed in `train_scope`, still kept and current: what the adapters of `chain` learned (new or
     replayed), and what the policy queued for this scope and a consolidation learned before, in a version since
@@ -88,6 +74,16 @@ def replay_pool(con, train_scope: str, chain: list[str], exclude: list[int], now
     queued for this scope are never in it: replay must not carry anything into weights the policy kept it from."""
     learned = set(registry.learned_by(con, chain, roles=None)) | set(jobs.done_in_scope(con, train_scope))
     return item_rows.current(con, sorted(learned - set(exclude)), now)
+
+
+# The reservoir replay strategy's state (tables `reservoir`, `reservoir_seen`): kept here, its only user.
+
+
+def reservoir_among(con, train_scope: str, item_ids: list[int]) -> list[int]:
+    """Those of `item_ids` in the scope's reservoir, in slot order."""
+    return [r[0] for r in con.execute(
+        "SELECT item_id FROM reservoir WHERE train_scope = ? AND item_id IN (SELECT unnest(?)) ORDER BY slot",
+        [train_scope, item_ids]).fetchall()]
 
 
 def update_reservoir(con, train_scope: str, item_ids: list[int], size: int, seed: int) -> None:
@@ -142,10 +138,9 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
     with store.transaction() as con:
         jobs.skip_stale(con, now)
         # After unlearning, the scope is rebuilt from its clean ancestor rather than continued from the active.
-        rebuild = con.execute("SELECT from_version FROM retrain_requests WHERE train_scope = ?",
-                              [job.train_scope]).fetchall()
-        if rebuild:
-            parent = registry.get(con, folder, rebuild[0][0]) if rebuild[0][0] else None
+        rebuild = registry.retrain_request(con, job.train_scope)
+        if rebuild is not None:
+            parent = registry.get(con, folder, rebuild.from_version) if rebuild.from_version else None
         else:
             parent = registry.active(con, folder, job.train_scope)
             if parent is not None and parent.tainted:  # never continue weights that saw forgotten items
@@ -161,14 +156,12 @@ def _plan(store: Store, job: jobs.Job, lm: LanguageModel, policy: Policy, settin
             jobs.release(con, job, status=jobs.JobStatus.SKIPPED, error=None, now=now)
             return ConsolidationResult(job.train_scope, ResultStatus.SKIPPED, job.job_id,
                                        note=f"{len(new_ids)} item(s) waiting, the policy asks for {settings.min_items}")
-        new_items = _items(con, new_ids)
+        new_items = item_rows.load(con, new_ids)
         chain = registry.ancestors(con, parent.version if parent else None)
         pool = replay_pool(con, job.train_scope, chain, new_ids, now)
-        reservoir = [r[0] for r in con.execute(
-            "SELECT item_id FROM reservoir WHERE train_scope = ? AND item_id IN (SELECT unnest(?)) ORDER BY slot",
-            [job.train_scope, pool or [-1]]).fetchall()]
-        new_vectors, pool_vectors = _vectors(con, new_ids), _vectors(con, pool)
-        pool_items = _items(con, pool)
+        reservoir = reservoir_among(con, job.train_scope, pool)
+        new_vectors, pool_vectors = item_rows.vector_rows(con, new_ids), item_rows.vector_rows(con, pool)
+        pool_items = item_rows.load(con, pool)
         pairs = augmentation.load(con, new_ids + pool)
 
     try:
@@ -261,9 +254,7 @@ def _record(store: Store, job: jobs.Job, plan: ConsolidationPlan, report: TrainR
             shutil.rmtree(final)
         os.replace(trained, final)
         try:
-            forgotten = [r[0] for r in con.execute(
-                "SELECT id FROM items WHERE id IN (SELECT unnest(?)) AND status != 'kept'",
-                [plan.new + plan.replay or [-1]]).fetchall()]
+            forgotten = item_rows.not_kept(con, plan.new + plan.replay)
             lineage = {**{i: "replay" for i in plan.replay}, **{i: "new" for i in plan.new}}
             registry.add(con, version=version, parent=plan.parent, train_scope=plan.train_scope,
                          path=f"adapters/{version}", base_model=plan.base_model, base_model_hash=base_hash,

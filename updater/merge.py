@@ -11,8 +11,9 @@ import os
 import shutil
 from datetime import datetime, timezone
 
+from engramma.memory import items as item_rows
 from engramma.memory.store import Store
-from engramma.updater import registry
+from engramma.updater import queue, registry
 from engramma.updater.model import LanguageModel
 from engramma.updater.registry import AdapterConfig, AdapterError
 
@@ -42,18 +43,15 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
         scopes = {s.train_scope for s in sources}
         scope = scopes.pop() if len(scopes) == 1 else "global"
         if scope == "global":
-            private = con.execute(
-                "SELECT DISTINCT l.item_id FROM lineage l JOIN items i ON i.id = l.item_id "
-                "LEFT JOIN queue q ON q.item_id = l.item_id WHERE l.adapter_version IN (SELECT unnest(?)) "
-                "AND (json_array_length(json_extract(i.signals, '$.pii')) > 0 OR q.train_scope != 'global')",
-                [versions]).fetchall()
+            saw = registry.learned_by(con, versions, roles=None)
+            scopes_of = queue.queued_scopes(con, saw)
+            private = sorted(set(item_rows.with_pii(con, saw)) | {i for i in saw if scopes_of.get(i, 'global') != 'global'})
             if private:
                 raise AdapterError(
                     f"merge refused: the lineage of {', '.join(versions)} holds {len(private)} item(s) the policy "
-                    f"keeps out of shared weights (e.g. item {private[0][0]}); a merge would be a shared adapter")
+                    f"keeps out of shared weights (e.g. item {private[0]}); a merge would be a shared adapter")
         parent = registry.active(con, folder, scope)
-        lineage = dict(con.execute("SELECT item_id, 'merged' FROM lineage WHERE adapter_version IN (SELECT unnest(?)) "
-                                   "GROUP BY item_id", [versions]).fetchall())
+        lineage = dict.fromkeys(registry.learned_by(con, versions, roles=None), "merged")
         stacked = {s.config.stacked_on for s in sources}
 
     from peft import PeftModel

@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from engramma.memory import items as item_rows
 from engramma.memory.store import insert, naive_utc, scalar
 from engramma.types import Name
 from engramma.updater.plan import ConsolidationPlan
@@ -109,9 +110,7 @@ def requeue_learned(con: duckdb.DuckDBPyConnection, item_ids: list[int], now: da
     """Items some versions learned go back to pending, to be learned again (unlearning), where still current."""
     con.execute(
         "UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL, adapter_version = NULL "
-        "WHERE status = 'done' AND item_id IN (SELECT unnest($ids)) AND item_id IN "
-        "(SELECT id FROM items WHERE status = 'kept' AND (valid_to IS NULL OR valid_to > $now))",
-        {"ids": item_ids, "now": naive_utc(now)})
+        "WHERE status = 'done' AND item_id IN (SELECT unnest(?))", [item_rows.current(con, item_ids, now)])
 
 
 def pending_among(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> int:
@@ -122,6 +121,12 @@ def pending_among(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> int:
 def done_in_scope(con: duckdb.DuckDBPyConnection, train_scope: str) -> list[int]:
     """Items learned for `train_scope` by some version."""
     return [r[0] for r in con.execute("SELECT item_id FROM queue WHERE train_scope = ? AND status = 'done' ORDER BY 1",
+                                      [train_scope]).fetchall()]
+
+
+def in_scope(con: duckdb.DuckDBPyConnection, train_scope: str) -> list[int]:
+    """Every item ever queued for `train_scope`, whatever its status, in id order."""
+    return [r[0] for r in con.execute("SELECT item_id FROM queue WHERE train_scope = ? ORDER BY 1",
                                       [train_scope]).fetchall()]
 
 
@@ -143,10 +148,9 @@ def scopes_waiting(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, i
 
 def skip_stale(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     """Claimable items that should no longer be learned: forgotten, or not current (superseded or expired)."""
-    stale = [r[0] for r in con.execute(
-        f"SELECT q.item_id FROM queue q JOIN items i ON i.id = q.item_id WHERE {CLAIMABLE.replace('status', 'q.status')}"
-        " AND (i.status != 'kept' OR (i.valid_to IS NOT NULL AND i.valid_to <= $now))",
-        {"now": naive_utc(now)}).fetchall()]
+    claimable = [r[0] for r in con.execute(f"SELECT item_id FROM queue WHERE {CLAIMABLE} ORDER BY 1",
+                                           {"now": naive_utc(now)}).fetchall()]
+    stale = sorted(set(claimable) - set(item_rows.current(con, claimable, now)))
     if stale:
         con.execute("UPDATE queue SET status = 'skipped', lease_owner = NULL, lease_expires = NULL "
                     "WHERE item_id IN (SELECT unnest(?))", [stale])
@@ -230,9 +234,9 @@ def take_over(con: duckdb.DuckDBPyConnection, job: Job, *, lease_seconds: float,
     """Continue `job` in this process: its leases are renewed under a new owner. Raises LookupError if some of its
     items were claimed by another job meanwhile (the frozen dataset could not be trained as it was)."""
     ids = job_item_ids(job)
-    held = scalar(con, "SELECT count(*) FROM queue q JOIN items i ON i.id = q.item_id WHERE q.item_id IN "
-                       "(SELECT unnest(?)) AND q.lease_owner = ? AND q.status = 'claimed' AND i.status = 'kept'",
-                  [ids, job.job_id])
+    leased = [r[0] for r in con.execute("SELECT item_id FROM queue WHERE item_id IN (SELECT unnest(?)) "
+                                        "AND lease_owner = ? AND status = 'claimed'", [ids, job.job_id]).fetchall()]
+    held = len(item_rows.kept(con, leased))
     lost = len(ids) - held
     if lost:
         con.execute("UPDATE jobs SET status = 'abandoned' WHERE job_id = ?", [job.job_id])

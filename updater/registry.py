@@ -153,6 +153,20 @@ def learned_by(con: duckdb.DuckDBPyConnection, versions: list[str],
         {"versions": versions, "any": roles is None, "roles": list(roles or ())}).fetchall()]
 
 
+def first_learned(con: duckdb.DuckDBPyConnection, chain: list[str]) -> dict[int, str]:
+    """item -> the earliest version of `chain` that learned it, as new or through a merge (a merge's own round
+    holds what its sources learned outside the chain)."""
+    rows = con.execute("SELECT item_id, min(CAST(substr(adapter_version, 2) AS INTEGER)) FROM lineage "
+                       "WHERE role IN ('new', 'merged') AND adapter_version IN (SELECT unnest(?)) GROUP BY ALL",
+                       [chain]).fetchall()
+    return {item_id: f"v{n}" for item_id, n in rows}
+
+
+def trained_items(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Every item some version saw, in any role."""
+    return [r[0] for r in con.execute("SELECT DISTINCT item_id FROM lineage ORDER BY 1").fetchall()]
+
+
 def trained_scopes(con: duckdb.DuckDBPyConnection, item_ids: list[int]) -> dict[int, str]:
     """The train scope of an adapter that saw each of `item_ids`, for those some adapter saw."""
     return dict(con.execute("SELECT l.item_id, a.train_scope FROM lineage l JOIN adapters a ON a.version = "
@@ -179,6 +193,11 @@ def taint(con: duckdb.DuckDBPyConnection, versions: list[str], note: str) -> Non
     """Mark `versions` tainted (never to be promoted again), saying why, unless they already are."""
     con.execute("UPDATE adapters SET tainted = true, note = coalesce(note || '; ', '') || ? "
                 "WHERE version IN (SELECT unnest(?)) AND NOT tainted", [note, versions])
+
+
+def set_metrics(con: duckdb.DuckDBPyConnection, version: str, record: dict) -> None:
+    """Keep the gate's measurements and verdict on `version` (`AdapterVersion.metrics`)."""
+    con.execute("UPDATE adapters SET metrics = ? WHERE version = ?", [json.dumps(record), version])
 
 
 def set_job(con: duckdb.DuckDBPyConnection, version: str, job_id: str) -> None:
@@ -273,6 +292,30 @@ def promote(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, no
     con.execute("DELETE FROM retrain_requests WHERE train_scope = ? AND from_version IS NOT DISTINCT FROM ?",
                 [adapter.train_scope, adapter.parent])
     return previous
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainRequest:
+    """Unlearning asked for a scope to be rebuilt from `from_version` (None: the base model), not continued."""
+
+    train_scope: str
+    from_version: str | None
+    requested_at: datetime
+    reason: str
+
+
+def request_retrain(con: duckdb.DuckDBPyConnection, train_scope: str, from_version: str | None, now: datetime, *,
+                    reason: str) -> None:
+    """The next round of `train_scope` trains from `from_version`; `promote` clears the request once a version
+    built that way is in use."""
+    con.execute("INSERT OR REPLACE INTO retrain_requests VALUES (?, ?, ?, ?)",
+                [train_scope, from_version, naive_utc(now), reason])
+
+
+def retrain_request(con: duckdb.DuckDBPyConnection, train_scope: str) -> RetrainRequest | None:
+    rows = con.execute("SELECT train_scope, from_version, requested_at, reason FROM retrain_requests "
+                       "WHERE train_scope = ?", [train_scope]).fetchall()
+    return RetrainRequest(*rows[0]) if rows else None
 
 
 def reject(con: duckdb.DuckDBPyConnection, store_folder: Path, version: str, now: datetime, note: str) -> None:

@@ -11,9 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from engramma.memory import items as item_rows
 from engramma.memory.store import Store
 from engramma.updater import registry
 from engramma.updater.gate import CheckName
+from engramma.updater.measure import accuracy_matrix
 from engramma.updater.registry import AdapterStatus, AdapterVersion
 
 STATUS_COLOURS = {"active": "#2b8a3e", "retired": "#868e96", "rejected": "#c92a2a", "candidate": "#1971c2"}
@@ -108,16 +110,11 @@ def write_report(store: Store, out: Path) -> Path:
     with store.transaction() as con:
         versions = registry.versions(con, store.folder)
         # Only items still kept: a forgotten item's old probe results say nothing about what is remembered now.
-        matrix = con.execute(
-            "SELECT p.evaluated, p.task, avg(CAST(p.correct AS INTEGER)), count(*) FROM probe_results p "
-            "JOIN items i ON i.id = p.item_id WHERE i.status = 'kept' AND p.correct IS NOT NULL "
-            "AND p.task IS NOT NULL GROUP BY ALL").fetchall()
-        first, last = con.execute("SELECT min(ts), max(ts) FROM items").fetchone()
+        matrix = [(e, t, acc, n) for (e, t), (acc, n) in accuracy_matrix(con).items()]
+        first, last = item_rows.time_span(con)
         unit = _time_unit(first, last) if first is not None else "day"
-        routing = con.execute(
-            "SELECT date_trunc(?, ts) AS bin, route, count(*) FROM items GROUP BY ALL ORDER BY bin",
-            [unit]).fetchall()
-        counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY ALL").fetchall())
+        routing = item_rows.routes_over_time(con, unit)
+        counts = item_rows.status_counts(con)
     import matplotlib
 
     plt = _Figures()

@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from engramma.memory.store import naive_utc
 from engramma.updater import queue, registry
 from engramma.updater.activate import activate
 
@@ -47,8 +46,7 @@ def unlearn(con, store_folder: Path, item_ids: list[int], mode: str, now: dateti
         if mode in ("retrain", "both"):
             lineage = registry.ancestors(con, active)  # the tainted versions down to the clean ancestor
             chain = lineage[:lineage.index(clean)] if clean in lineage else lineage
-            con.execute("INSERT OR REPLACE INTO retrain_requests VALUES (?, ?, ?, ?)",
-                        [scope, clean, naive_utc(now), f"{active} saw forgotten items {sorted(item_ids)[:10]}"])
+            registry.request_retrain(con, scope, clean, now, reason=f"{active} saw forgotten items {sorted(item_ids)[:10]}")
             # What those versions learned (as new, or through a merge) goes back to the queue, to be learned
             # again without the forgotten items.
             queue.requeue_learned(con, registry.learned_by(con, chain), now)
