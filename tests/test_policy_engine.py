@@ -225,8 +225,9 @@ policies = st.sampled_from(["preset:default", "preset:assistant-private", "prese
 def test_every_item_gets_one_decision_and_pii_never_reaches_a_shared_scope(stream, policy):
     for item, sig in stream:
         decision = decide(item, sig, policy)
-        assert decision.route in Route and decision.reasons
-        assert decision.rule in {r.spec.name for r in policy.rules} | {"default"}
+        routes = {r.spec.name: r.spec.route for r in policy.rules} | {"default": policy.spec.default}
+        assert decision.rule in routes and decision.reasons
+        assert decision.route is routes[decision.rule], "the route of the rule it names (no supersession here)"
         if decision.route.trained:
             assert decision.train_scope in (item.scope, "global")
             if sig.pii:

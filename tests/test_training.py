@@ -96,8 +96,10 @@ def test_replay_strategies_choose_within_budget_from_the_pool():
     assert retrieval[:3] == [0, 1, 2], "each new item's nearest past example first"
     assert len(retrieval) == 6 and len(set(retrieval)) == 6
     with_reservoir = select_replay("retrieval", request(reservoir_fraction=0.5))
-    assert with_reservoir[:3] == [0, 1, 2] and set(with_reservoir[3:]) <= set(range(40, 50))
-    assert set(select_replay("reservoir", request())) <= set(range(40, 50))
+    assert with_reservoir[:3] == [0, 1, 2] and len(set(with_reservoir[3:])) == 3, "half the budget from the reservoir"
+    assert set(with_reservoir[3:]) <= set(range(40, 50))
+    reservoir = select_replay("reservoir", request())
+    assert len(set(reservoir)) == 6 and set(reservoir) <= set(range(40, 50)), "the whole budget, all from the reservoir"
     assert len(select_replay("random", request(budget=60))) == 50, "never more than the pool"
     assert select_replay("retrieval", request(pool_ids=[], pool_vectors=np.zeros((0, 8), np.float32))) == []
     with pytest.raises(ValueError, match="not one of"):
@@ -288,3 +290,36 @@ def test_replay_stays_within_the_scope_it_trains(tmp_path, embedder, tiny):
     replayed = {i for i, in rows(store, "SELECT item_id FROM lineage WHERE adapter_version = ? AND role = 'replay'",
                                  [second.version])}
     assert replayed <= alices and not replayed & (shared | bobs)
+
+
+def test_mir_picks_by_measured_interference_what_retrieval_and_random_would_not(tmp_path, tiny):
+    """The real scorer (one virtual step of the tiny model on the new items) re-ranks a pool larger than the
+    budget: MIR's choice is the top of those measured loss rises, and neither the nearest items nor a random draw."""
+    from engramma.policies import load_policy
+    from engramma.updater.train import interference
+
+    settings = load_policy(tiny_lm.facts_policy(tmp_path)).spec.consolidation
+    names = tiny_lm.TAUGHT[:12]
+    new = [tokenize(Example(1000 + n, "new", f"What is the colour of project {p}?", "amber"), tiny.tokenizer, 64)
+           for n, p in enumerate(names[:3])]
+    past = [tokenize(Example(n, "replay", f"What is the colour of project {p}?", "teal"), tiny.tokenizer, 64)
+            for n, p in enumerate(names[:3])]
+    past += [tokenize(Example(n, "replay", f"The weather in {p} is mild.", tiny_lm.GENERAL[n % 4]), tiny.tokenizer, 64)
+             for n, p in enumerate(names[3:], start=3)]
+
+    def measured(ids: list[int]) -> dict[int, float]:
+        return dict(zip(ids, interference(tiny, settings, parent=None, stacked=None, new=new,
+                                          candidates=[past[i] for i in ids])))
+
+    angles = np.arange(12) * 0.1  # pool item i is the i-th nearest to every new item
+    pool = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    ask = request(new_ids=[1000, 1001, 1002], new_vectors=np.tile([[1.0, 0.0]], (3, 1)).astype(np.float32),
+                  pool_ids=list(range(12)), pool_vectors=pool, reservoir_ids=[], budget=3, neighbours=12,
+                  interference=measured)
+    rises = measured(list(range(9)))  # MIR's candidates: the 3 x budget nearest
+    assert len(set(rises.values())) == 9, "the scorer tells every candidate apart"
+    assert measured(list(range(9))) == rises, "seeded: the same pool gets the same scores"
+    chosen = select_replay("mir", ask)
+    assert chosen == sorted(rises, key=lambda i: -rises[i])[:3]
+    assert set(chosen) != set(select_replay("retrieval", ask)) == {0, 1, 2}
+    assert set(chosen) != set(select_replay("random", ask))

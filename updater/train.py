@@ -442,7 +442,11 @@ def interference(lm: LanguageModel, settings: ConsolidationSettings, *, parent: 
     new examples, starting from the parent adapter. The step is thrown away with the model copy's adapter."""
     import torch
 
-    model = peft_model(lm, settings, parent=parent, stacked=stacked, kl=False)
+    # A fresh adapter (no parent) starts from a random A matrix, and the step's direction follows it: seeded,
+    # so that the same pool gets the same scores, without moving the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.training.seed)
+        model = peft_model(lm, settings, parent=parent, stacked=stacked, kl=False)
     try:
         device = next(lm.model.parameters()).device
         model.to(device)
