@@ -18,6 +18,7 @@ from engramma.updater.model import LanguageModel
 from engramma.updater.registry import AdapterConfig, AdapterError
 
 METHODS = ("ties", "dare_ties", "linear", "svd")
+MERGE_SEED = 0
 
 
 def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str = "ties",
@@ -65,7 +66,11 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
             model.load_adapter(str(source.path), adapter_name=name)
         extra = {"density": density} if method in ("ties", "dare_ties") else {}
         try:
-            model.add_weighted_adapter(names, weights, "merged", combination_type=method, **extra)
+            import torch
+
+            with torch.random.fork_rng(devices=[]):  # dare_ties drops weights at random: the same merge twice
+                torch.manual_seed(MERGE_SEED)        # gives the same adapter, and the caller's RNG does not move
+                model.add_weighted_adapter(names, weights, "merged", combination_type=method, **extra)
         except (ValueError, RuntimeError) as e:
             raise AdapterError(f"merge with {method} failed: {e}") from None
         shutil.rmtree(tmp, ignore_errors=True)
