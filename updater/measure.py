@@ -252,8 +252,9 @@ def evaluate(store: Store, lm: LanguageModel, version: str, settings: GateSettin
         for which, results in scored.items():
             if evaluated_as[which] is not None and results:
                 _store_results(con, evaluated_as[which], results, task_of, now)
-        matrix = {(e, t): acc for (e, t), (acc, _) in accuracy_matrix(con, evaluated=chain, tasks=chain).items()}
-        base = {t: acc for (_, t), (acc, _) in accuracy_matrix(con, evaluated=["base"], tasks=chain).items()}
+        measured = accuracy_matrix(con, evaluated=[*chain, "base"], tasks=chain)
+    matrix = {(e, t): acc for (e, t), (acc, _) in measured.items() if e != "base"}
+    base = {t: acc for (e, t), (acc, _) in measured.items() if e == "base"}
 
     def accuracy(which: str, ids: list[int], column: int = 0) -> float | None:
         marks = [scored[which][i][column] for i in ids if i in scored[which] and scored[which][i][column] is not None]

@@ -43,8 +43,8 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
             raise AdapterError(f"merge: the versions were trained on different base models ({sorted(map(str, bases))})")
         scopes = {s.train_scope for s in sources}
         scope = scopes.pop() if len(scopes) == 1 else "global"
+        saw = registry.learned_by(con, versions, roles=None)
         if scope == "global":
-            saw = registry.learned_by(con, versions, roles=None)
             scopes_of = queue.queued_scopes(con, saw)
             private = sorted(set(item_rows.with_pii(con, saw)) | {i for i in saw if scopes_of.get(i, 'global') != 'global'})
             if private:
@@ -52,7 +52,7 @@ def merge(store: Store, lm: LanguageModel, versions: list[str], *, method: str =
                     f"merge refused: the lineage of {', '.join(versions)} holds {len(private)} item(s) the policy "
                     f"keeps out of shared weights (e.g. item {private[0]}); a merge would be a shared adapter")
         parent = registry.active(con, folder, scope)
-        lineage = dict.fromkeys(registry.learned_by(con, versions, roles=None), "merged")
+        lineage = dict.fromkeys(saw, "merged")
         stacked = {s.config.stacked_on for s in sources}
 
     from peft import PeftModel
